@@ -1,0 +1,96 @@
+"""Run a model's script on this host, in its own process group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from ..output import OutputSink
+from .base import Cancel, Executor, RunOutcome, RunSpec
+
+KILL_GRACE_S = 5.0
+
+
+def kill_group(pgid: int, grace: float = KILL_GRACE_S, leader: subprocess.Popen | None = None) -> None:
+    """SIGTERM the whole group, then SIGKILL whatever is left after ``grace``."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if leader is not None:
+            leader.poll()  # reap it, or its zombie keeps the group alive
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class LocalExecutor(Executor):
+    name = "local"
+
+    def plan(self, spec: RunSpec) -> dict[str, Any]:
+        return {
+            "executor": self.name,
+            "argv": list(spec.argv),
+            "cwd": str(spec.run_dir),
+            "env": dict(spec.env),
+            "timeout": spec.timeout,
+        }
+
+    def environment(self, spec: RunSpec) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(spec.env)
+        # torchrun and python from pytest's own environment, even when it is not activated
+        bindir = os.path.dirname(sys.executable)
+        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+        return env
+
+    def run(self, spec: RunSpec, sink: OutputSink, cancel: Cancel) -> RunOutcome:
+        argv = list(spec.argv)
+        if argv and argv[0] == "python3":
+            argv[0] = sys.executable
+        start = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                argv, cwd=spec.run_dir, env=self.environment(spec), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        except OSError as exc:
+            return RunOutcome(None, 0.0, problem=f"cannot start {argv[0]}: {exc.strerror or exc}")
+        assert proc.stdout is not None
+        reader = threading.Thread(target=sink.pump, args=(proc.stdout,), daemon=True)
+        reader.start()
+        deadline = None if spec.timeout is None else start + spec.timeout
+        timed_out = interrupted = False
+        while True:
+            try:
+                proc.wait(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if cancel:
+                interrupted = True
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                timed_out = True
+                break
+        # The group goes on every path: a script's background children must not outlive its item.
+        kill_group(proc.pid, leader=proc)
+        proc.wait()
+        reader.join(timeout=5)
+        proc.stdout.close()
+        duration = time.monotonic() - start
+        return RunOutcome(proc.returncode, duration, timed_out=timed_out, interrupted=interrupted,
+                          properties={"pid": proc.pid})

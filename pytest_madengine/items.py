@@ -1,0 +1,131 @@
+"""The models.json collector and its items."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .errors import ModelsFileError
+from .models import BrokenEntry, Model, load_path
+from .result import SKIPPED, ModelResult
+
+SESSION_KEY = pytest.StashKey["Any"]()
+MARKER_NAMES: set[str] = set()
+
+
+def mad_session(config: pytest.Config) -> Any:
+    return config.stash[SESSION_KEY]
+
+
+class ModelFailed(Exception):
+    def __init__(self, result: ModelResult) -> None:
+        super().__init__(result.reason)
+        self.result = result
+
+
+class EntryBroken(Exception):
+    pass
+
+
+class ModelsFile(pytest.File):
+    def collect(self):  # type: ignore[override]
+        session = mad_session(self.config)
+        try:
+            loaded = load_path(self.path, session.options.root)
+        except ModelsFileError as exc:
+            yield BrokenItem.from_parent(self, name="[unreadable]", message=str(exc), tags=(), scope=None)
+            return
+        for model in loaded.models:
+            duplicate = session.claim_name(model.name, self.path)
+            if duplicate:
+                yield BrokenItem.from_parent(self, name=model.name, message=f"{self.path}: {duplicate}",
+                                             tags=model.tags, scope=model.scope)
+                continue
+            yield ModelItem.from_parent(self, name=model.name, model=model)
+        for entry in loaded.broken:
+            yield BrokenItem.from_parent(self, name=entry.name or f"[entry {entry.index}]", message=entry.message,
+                                         tags=entry.tags, scope=entry.scope, entry=entry)
+
+
+def _mark(item: pytest.Item, tags: tuple[str, ...]) -> None:
+    for tag in tags:
+        if tag not in MARKER_NAMES:
+            MARKER_NAMES.add(tag)
+            item.config.addinivalue_line("markers", f"{tag}: models.json tag")
+        try:
+            item.add_marker(tag)
+        except (AttributeError, ValueError):
+            pass  # names pytest cannot hold as markers still work with --mad-tags and -k
+
+
+class ModelItem(pytest.Item):
+    def __init__(self, *, model: Model, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.model = model
+        self.extra_args: tuple[str, ...] = ()
+        self.mad_result: ModelResult | None = None
+        _mark(self, model.tags)
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return self.model.tags
+
+    @property
+    def scope(self) -> str | None:
+        return self.model.scope
+
+    def runtest(self) -> None:
+        session = mad_session(self.config)
+        live = None
+        if session.options.live_output or self.config.getoption("capture") == "no":
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                live = lambda line: reporter.write(line)  # noqa: E731
+        result = session.run_model(self.model, self.extra_args, live=live)
+        self.mad_result = result
+        self.config.hook.pytest_mad_result(item=self, result=result)
+        if result.status == SKIPPED:
+            pytest.skip(result.reason)
+        if not result.passed:
+            raise ModelFailed(result)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, ModelFailed):
+            r = excinfo.value.result
+            text = f"{r.model}: {r.reason}"
+            if r.tail:
+                text += f"\n--- last {len(r.tail)} lines of {r.log} ---\n" + "\n".join(r.tail)
+            return text
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"model {self.model.name} ({self.model.scripts})"
+
+
+class BrokenItem(pytest.Item):
+    """A models.json entry (or file) that cannot run: it fails with the validation message."""
+
+    def __init__(self, *, message: str, tags: tuple[str, ...], scope: str | None,
+                 entry: BrokenEntry | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.message = message
+        self.tags = tags
+        self.scope = scope
+        self.entry = entry
+        self.extra_args: tuple[str, ...] = ()
+        self.mad_result: ModelResult | None = None
+
+    def runtest(self) -> None:
+        self.mad_result = ModelResult(model=self.name, status="FAILURE", reason=self.message,
+                                      executor="none", tags=self.tags)
+        raise EntryBroken(self.message)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, EntryBroken):
+            return self.message
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"invalid models.json entry {self.name}"

@@ -1,0 +1,1 @@
+"""Launchers: pure functions from multi-node settings to a runner command line."""

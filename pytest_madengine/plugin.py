@@ -1,0 +1,249 @@
+"""pytest wiring: options, hooks, fixtures. Every hook delegates to a module."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import hooks, report
+from .context import Context
+from .errors import MadError
+from .items import SESSION_KEY, BrokenItem, ModelItem, ModelsFile, mad_session
+from .models import BrokenEntry, discover, key_of, parse_tags, select
+from .result import FAILURE, ModelResult
+from .session import MadSession, Options
+
+MODEL_ITEMS = (ModelItem, BrokenItem)
+
+
+def _tagged(kind: str):
+    return lambda value: (kind, value)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("madengine", "pytest-madengine: models.json workloads as tests")
+    g.addoption("--mad-tags", action="append", default=[], metavar="TAGS",
+                help="select models by name, tag, 'all', 'scope/tag' or 'name:key=value' (repeat or comma-separate)")
+    g.addoption("--mad-models", action="append", default=[], metavar="PATH",
+                help="collect this models.json too (repeatable)")
+    g.addoption("--mad-context", action="append", dest="mad_context_sources", type=_tagged("text"),
+                default=[], metavar="DICT", help="additional context: JSON or a Python dict literal (repeatable)")
+    g.addoption("--mad-context-file", action="append", dest="mad_context_sources", type=_tagged("file"),
+                metavar="PATH", help="additional context from a JSON or YAML file (repeatable; later wins)")
+    g.addoption("--mad-executor", choices=("auto", "docker", "local"), default="auto",
+                help="where scripts run: auto = docker when a Docker daemon answers, else local")
+    g.addoption("--mad-log-dir", default="mad_logs", metavar="DIR", help="per-model logs (default mad_logs/)")
+    g.addoption("--mad-work-dir", default="mad_work", metavar="DIR",
+                help="per-model run folders (default mad_work/)")
+    g.addoption("--mad-timeout", type=int, default=None, metavar="S",
+                help="timeout in seconds for every model, overriding models.json (0 = none)")
+    g.addoption("--mad-live-output", action="store_true", help="stream model output to the terminal")
+    g.addoption("--mad-perf-csv", default="perf.csv", metavar="PATH", help="madengine perf.csv to append to")
+    g.addoption("--mad-gpus", default="all", metavar="SPEC",
+                help="GPU pool: all (default), none, or ids like 0-3,6 (a virtual pool on hosts without GPUs)")
+    g.addoption("--mad-disable-skip-gpu-arch", action="store_true", help="run models despite skip_gpu_arch")
+    g.addoption("--mad-rebuild", action="store_true", help="docker: build images even when unchanged")
+    g.addoption("--mad-keep-alive", action="store_true", help="docker: keep containers and print how to enter them")
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hooks)
+
+
+def _options(config: pytest.Config) -> Options:
+    root = Path(config.invocation_params.dir)
+    opt = config.getoption
+    def under_root(p: str) -> Path:
+        return Path(p) if os.path.isabs(p) else root / p
+    return Options(
+        root=root, executor=opt("mad_executor"), log_dir=under_root(opt("mad_log_dir")),
+        work_dir=under_root(opt("mad_work_dir")), timeout=opt("mad_timeout"),
+        live_output=opt("mad_live_output"), gpus=opt("mad_gpus"),
+        disable_skip_gpu_arch=opt("mad_disable_skip_gpu_arch"), rebuild=opt("mad_rebuild"),
+        keep_alive=opt("mad_keep_alive"),
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if config.option.help or config.option.version:
+        return
+    try:
+        session = MadSession(_options(config), config.getoption("mad_context_sources") or [])
+        tags = parse_tags(config.getoption("mad_tags"))
+    except MadError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[SESSION_KEY] = session
+    root = session.options.root
+    extra = [Path(p) if os.path.isabs(p) else root / p for p in config.getoption("mad_models")]
+    session.model_files = {p.resolve() for p in [*discover(root), *extra]}
+    session.tag_specs = tags
+    if tags or extra:
+        files = [str(p) for p in sorted(session.model_files)]
+        if config.args_source != pytest.Config.ArgsSource.ARGS:
+            config.args = files  # `pytest --mad-tags=x` runs models, not the project's own tests
+        else:
+            config.args = [*config.args, *(f for f in files if f not in config.args)]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return mad_session(config).header() if SESSION_KEY in config.stash else []
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if SESSION_KEY in config.stash:
+        opts = mad_session(config).options
+        if collection_path in (opts.log_dir, opts.work_dir):
+            return True
+    return None
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    config = parent.config
+    if SESSION_KEY in config.stash and file_path.resolve() in mad_session(config).model_files:
+        return ModelsFile.from_parent(parent, path=file_path)
+    return None
+
+
+def _candidate(item: Any) -> Any:
+    if isinstance(item, ModelItem):
+        return item.model
+    if item.entry is not None:
+        return item.entry
+    return None  # an unreadable file: always kept, so the error is seen
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    if SESSION_KEY not in config.stash:
+        return
+    specs = mad_session(config).tag_specs
+    models = [i for i in items if isinstance(i, MODEL_ITEMS)]
+    if not specs or not models:
+        return
+    candidates = [c for c in map(_candidate, models) if c is not None]
+    try:
+        chosen = select(candidates, specs)
+    except MadError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    keep, drop = [], []
+    for item in items:
+        if not isinstance(item, MODEL_ITEMS):
+            keep.append(item)
+            continue
+        cand = _candidate(item)
+        if cand is None or key_of(cand) in chosen:
+            if cand is not None:
+                item.extra_args = tuple(chosen[key_of(cand)])
+            keep.append(item)
+        else:
+            drop.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    rep = yield
+    result = getattr(item, "mad_result", None)
+    if isinstance(item, MODEL_ITEMS) and result is not None and rep.when == "call":
+        rep.mad_result = result.to_dict()
+        if item.config.getini("junit_family") in ("xunit1", "legacy"):
+            item.user_properties.extend(report.junit_properties(result))
+    return rep
+
+
+def _is_model_nodeid(nodeid: str) -> bool:
+    base = nodeid.split("::", 1)[0]
+    return "::" in nodeid and (base.endswith(".json") or base.endswith("get_models_json.py"))
+
+
+class Reporter:
+    """Controller-side: perf.csv, JUnit (xunit2 form) and the summary, from reports, so the
+    same code serves plain runs and xdist (whose workers only ship reports)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.perf_csv = Path(config.getoption("mad_perf_csv"))
+        if not self.perf_csv.is_absolute():
+            self.perf_csv = Path(config.invocation_params.dir) / self.perf_csv
+        self.meta = report.run_meta(Path(config.invocation_params.dir), os.environ)
+        self.results: list[ModelResult] = []
+        self.seen: set[str] = set()
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        result = _report_result(report)
+        if result is None or report.nodeid in self.seen:
+            return
+        self.seen.add(report.nodeid)
+        self.results.append(result)
+        report_mod.append_perf_csv(self.perf_csv, report_mod.perf_rows(result, self.meta))
+        if self.config.getini("junit_family") not in ("xunit1", "legacy"):
+            self._xunit2(report, result)
+
+    def _xunit2(self, rep: pytest.TestReport, result: ModelResult) -> None:
+        try:
+            from _pytest.junitxml import xml_key
+        except ImportError:
+            return
+        xml = self.config.stash.get(xml_key, None)
+        if xml is None:
+            return
+        props = report_mod.junit_properties(result)
+        for name, value in props:
+            xml.add_global_property(f"{rep.nodeid}::{name}", value)
+        out = ET.Element("system-out")
+        out.text = report_mod.metrics_block(props)
+        xml.node_reporter(rep).append(out)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.results:
+            return
+        rows = report_mod.summary_rows(self.results)
+        terminalreporter.section("madengine results")
+        for line in report_mod.format_table(rows, ("model", "status", "performance", "metric", "delta")):
+            terminalreporter.write_line(line)
+        terminalreporter.write_line(f"perf.csv: {self.perf_csv}")
+
+
+report_mod = report
+
+
+def _report_result(rep: pytest.TestReport) -> ModelResult | None:
+    result = report.result_from_report(rep)
+    if result is not None:
+        return result
+    if not _is_model_nodeid(rep.nodeid):
+        return None
+    if rep.when == "???" or (rep.when == "setup" and rep.failed) or (rep.when == "call" and rep.failed):
+        # The process that ran it died or the item broke before reporting: still a row.
+        name = rep.nodeid.split("::", 1)[1]
+        reason = str(rep.longrepr).strip().splitlines()[-1] if rep.longrepr else "no result"
+        return ModelResult(model=name, status=FAILURE, reason=reason or "no result")
+    return None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    if SESSION_KEY in config.stash and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(Reporter(config), "madengine-reporter")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if SESSION_KEY in session.config.stash:
+        mad_session(session.config).close()
+
+
+@pytest.fixture(scope="session")
+def mad_context(pytestconfig: pytest.Config) -> Context:
+    """The merged additional context of this run (read-only mapping)."""
+    return mad_session(pytestconfig).context
+
+
+__all__ = ["BrokenEntry"]

@@ -1,0 +1,117 @@
+"""A model's result and the rule that decides pass or fail; pure, no processes."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import MetricsError
+from .executors.base import RunOutcome
+from .metrics import PerfLine, ResultRow, choose_result, parse_multiple_results
+
+SUCCESS, FAILURE, SKIPPED = "SUCCESS", "FAILURE", "SKIPPED"
+
+
+@dataclass
+class Row:
+    """One perf.csv row / one reported metric."""
+
+    name: str
+    performance: float | None
+    metric: str
+    status: str
+
+
+@dataclass
+class ModelResult:
+    model: str
+    status: str
+    reason: str = ""
+    rows: list[Row] = field(default_factory=list)
+    tail: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    log: str = ""
+    executor: str = ""
+    tags: tuple[str, ...] = ()
+    n_gpus: int = 0
+    gpus: tuple[int, ...] = ()
+    runtime_ngpus: int | None = None  # GPUs the run really got (0 when run without devices)
+    args: str = ""
+    duration: float = 0.0
+    build_duration: float = 0.0
+    image: str = ""
+    dockerfile: str = ""
+    base_docker: str = ""
+    gpu_architecture: str = ""
+    training_precision: str = ""
+    dataname: str = ""
+    properties: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == SUCCESS
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tags"], d["gpus"] = list(self.tags), list(self.gpus)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelResult:
+        d = dict(d)
+        d["rows"] = [Row(**r) for r in d.get("rows", [])]
+        d["tags"], d["gpus"] = tuple(d.get("tags", ())), tuple(d.get("gpus", ()))
+        return cls(**d)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def fmt_value(v: float) -> str:
+    """Shortest text that keeps every digit a script printed (no 3.12e+06 for 3120750)."""
+    return format(v, ".15g")
+
+
+def evaluate(model_name: str, outcome: RunOutcome, perf_lines: list[PerfLine],
+             multiple_results: str, run_dir: Path, timeout: float | None,
+             hf_line: PerfLine | None = None, total: int | None = None) -> tuple[str, str, list[Row], list[str]]:
+    """(status, reason, rows, warnings). Pass = the run ended with exit 0 and every value is a number."""
+    warnings: list[str] = []
+    if outcome.problem:
+        return FAILURE, outcome.problem, [], warnings
+    if outcome.interrupted:
+        return FAILURE, f"interrupted after {outcome.duration:.1f} s", [], warnings
+    if outcome.timed_out:
+        return FAILURE, f"timed out after {timeout:g} s", [], warnings
+    if outcome.exit_code != 0:
+        return FAILURE, describe_exit(outcome.exit_code if outcome.exit_code is not None else -9), [], warnings
+    rows: list[ResultRow]
+    if multiple_results:
+        try:
+            rows = parse_multiple_results(run_dir / multiple_results, model_name)
+        except MetricsError as exc:
+            return FAILURE, str(exc), [], warnings
+    else:
+        if not perf_lines and hf_line is not None:
+            # madengine's HuggingFace fallback: train_samples_per_second when no performance line
+            perf_lines = [hf_line]
+            warnings.append("no 'performance:' line; used the HuggingFace train_samples_per_second value")
+        chosen, more = choose_result(model_name, perf_lines, total=total)
+        warnings += more
+        if chosen is None:
+            return FAILURE, "no performance line ('performance: <value> <metric>') in the output", [], warnings
+        rows = [chosen]
+    bad = [r for r in rows if r.performance is None]
+    if bad:
+        r = bad[0]
+        which = "" if r.name == model_name else f" of '{r.name}'"
+        return FAILURE, f"performance{which} is not a number: {r.raw_performance!r} {r.metric}", [], warnings
+    return SUCCESS, "", [Row(r.name, r.performance, r.metric, SUCCESS) for r in rows], warnings

@@ -1,0 +1,281 @@
+"""Session-wide state of a run and the steps that turn one model into a result.
+
+``MadSession`` is created once per pytest process (controller and each xdist
+worker). Items call ``run_model``; hooks only delegate here.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import context as context_mod
+from . import gpus as gpus_mod
+from .context import Context
+from .errors import ExecutorError, UsageError
+from .executors.base import Cancel, Executor, RunOutcome, RunSpec
+from .launchers import torchrun
+from .models import Model
+from .output import OutputSink
+from .result import FAILURE, SKIPPED, ModelResult, Row, evaluate
+
+DEFAULT_TIMEOUT_S = 7200
+
+
+@dataclass(frozen=True)
+class Options:
+    root: Path
+    executor: str = "auto"
+    log_dir: Path = Path("mad_logs")
+    work_dir: Path = Path("mad_work")
+    timeout: int | None = None  # --mad-timeout; overrides every model's
+    live_output: bool = False
+    gpus: str = "all"
+    disable_skip_gpu_arch: bool = False
+    rebuild: bool = False
+    keep_alive: bool = False
+
+
+def resolve_timeout(model_timeout: int, cli_timeout: int | None, ctx: Context) -> float | None:
+    """madengine's rules: -1 = default (7200 s), 0 = none; --mad-timeout overrides all."""
+    if cli_timeout is not None:
+        chosen = cli_timeout
+    elif model_timeout != -1:
+        chosen = model_timeout
+    else:
+        chosen = int(ctx.get("timeout", DEFAULT_TIMEOUT_S))
+    if chosen == -1:
+        chosen = DEFAULT_TIMEOUT_S
+    return None if chosen == 0 else float(chosen)
+
+
+def script_argv(scripts: str, args: Sequence[str]) -> tuple[Path, tuple[str, ...]]:
+    """(folder copied into the run folder, argv run there), as madengine runs scripts."""
+    p = Path(scripts)
+    if scripts.endswith(".py"):
+        return p.parent, ("python3", p.name, *args)
+    if scripts.endswith(".sh"):
+        return p.parent, ("bash", p.name, *args)
+    return p, ("bash", "run.sh", *args)
+
+
+def safe_relpath(name: str) -> Path:
+    parts = [part for part in name.replace("\\", "/").split("/") if part not in ("", ".", "..")]
+    return Path(*parts) if parts else Path("model")
+
+
+def script_env(model: Model, ctx: Context, *, vendor: str, arch: str, system_ngpus: int,
+               gpus: tuple[int, ...], runtime_ngpus: int, use_devices: bool, deployment: str) -> dict[str, str]:
+    """The environment madengine gives a model script, then env_vars and docker_env_vars."""
+    env = {
+        "MAD_MODEL_NAME": model.name,
+        "MAD_RUNTIME_NGPUS": str(runtime_ngpus),
+        "MAD_SYSTEM_NGPUS": str(system_ngpus),
+        "MAD_GPU_VENDOR": vendor,
+        "MAD_GUEST_OS": str(ctx.get("guest_os", "UBUNTU")),
+        "MAD_SYSTEM_GPU_ARCHITECTURE": str(ctx.get("MAD_SYSTEM_GPU_ARCHITECTURE", arch)),
+        "MAD_MULTI_NODE_RUNNER": torchrun.single_node(runtime_ngpus),
+        "MAD_LAUNCHER": "torchrun",
+        "MAD_DEPLOYMENT_TYPE": deployment,
+        "MAD_DATANAME": model.data,
+    }
+    if model.multiple_results:
+        env["MAD_OUTPUT_CSV"] = model.multiple_results
+    if os.environ.get("BUILD_NUMBER"):
+        env["JENKINS_BUILD_NUMBER"] = os.environ["BUILD_NUMBER"]
+    if use_devices:
+        env.update(gpus_mod.visibility_env(vendor, gpus))
+    env.update({k: str(v) for k, v in model.env_vars.items()})
+    env.update({k: str(v) for k, v in ctx.dict_of("docker_env_vars").items()})
+    return env
+
+
+def skip_reason(model: Model, arch: str, disabled: bool) -> str | None:
+    if disabled or not arch or not model.skip_gpu_arch:
+        return None
+    for pattern in model.skip_gpu_arch:
+        if pattern and (arch == pattern or arch.startswith(pattern)):
+            return f"skip_gpu_arch: {model.name} is not run on {arch} (pattern {pattern!r}); --mad-disable-skip-gpu-arch runs it"
+    return None
+
+
+class Interrupts:
+    """First Ctrl-C (or SIGTERM) stops the model in progress and marks the run interrupted:
+    every later item then fails at once, so each selected model still gets its testcase and
+    perf.csv row. A second Ctrl-C raises KeyboardInterrupt as usual."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self.cancel = Cancel()
+
+    @contextmanager
+    def guard(self) -> Iterator[Cancel]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self.cancel
+            return
+
+        def on_signal(signum: int, frame: Any) -> None:
+            if self.interrupted and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            self.cancel.event.set()
+
+        old_int = signal.signal(signal.SIGINT, on_signal)
+        old_term = signal.signal(signal.SIGTERM, on_signal)
+        try:
+            yield self.cancel
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+
+
+class MadSession:
+    def __init__(self, options: Options, context_sources: Sequence[tuple[str, str]]) -> None:
+        self.options = options
+        self.run_id = uuid.uuid4().hex[:12]
+        self.context, self.context_warnings = context_mod.build(context_sources)
+        self.gpu_info = gpus_mod.detect()
+        if self.context.gpu_vendor:
+            vendor = self.context.gpu_vendor
+            if vendor != self.gpu_info.vendor:
+                self.gpu_info = gpus_mod.GpuInfo(vendor, self.gpu_info.ids if vendor != "NONE" else (),
+                                                 self.gpu_info.arch, "gpu_vendor from the context")
+        self.pool = gpus_mod.resolve_pool(options.gpus, self.gpu_info)
+        self.arch = str(self.context.get("MAD_SYSTEM_GPU_ARCHITECTURE", self.gpu_info.arch))
+        self.executor, self.executor_why = self._choose_executor(options.executor)
+        self.interrupts = Interrupts()
+        self.names_seen: dict[str, Path] = {}
+
+    def _choose_executor(self, name: str) -> tuple[Executor, str]:
+        from .executors.local import LocalExecutor
+
+        if name == "local":
+            return LocalExecutor(), "--mad-executor=local"
+        try:
+            from .executors.docker import DockerExecutor
+        except ImportError as exc:  # the docker SDK is a dependency, but say so if it is broken
+            if name == "docker":
+                raise UsageError(f"--mad-executor=docker: cannot import the Docker SDK: {exc}") from None
+            return LocalExecutor(), f"the Docker SDK cannot be imported ({exc})"
+        if name == "docker":
+            return DockerExecutor(self.options, self.context, self.run_id), "--mad-executor=docker"
+        reachable, detail = DockerExecutor.daemon_answers()
+        if reachable:
+            return DockerExecutor(self.options, self.context, self.run_id), f"auto: Docker daemon answers ({detail})"
+        return LocalExecutor(), f"auto: no Docker daemon ({detail})"
+
+    def header(self) -> list[str]:
+        lines = [
+            f"madengine: executor {self.executor.name} ({self.executor_why}); GPUs: {self.pool.note}"
+            + (f", arch {self.arch}" if self.arch else ""),
+        ]
+        ctx_keys = sorted(k for k in self.context if self.context[k] not in ({}, None, ""))
+        lines.append(f"madengine: context keys {', '.join(ctx_keys) or '(defaults)'}; logs in {self.options.log_dir}")
+        lines += [f"madengine: warning: {w}" for w in self.context_warnings]
+        return lines
+
+    def claim_name(self, name: str, source: Path) -> str | None:
+        first = self.names_seen.setdefault(name, source)
+        if first != source:
+            return f"duplicate name '{name}': also defined in {first}"
+        return None
+
+    def log_path(self, model_name: str) -> Path:
+        rel = safe_relpath(model_name)
+        return self.options.log_dir / rel.parent / f"{rel.name}.log"
+
+    def base_result(self, model: Model, extra_args: Sequence[str]) -> ModelResult:
+        args = shlex.split(model.args) + list(extra_args)
+        return ModelResult(
+            model=model.name, status=FAILURE, executor=self.executor.name, tags=model.tags,
+            n_gpus=model.n_gpus, args=shlex.join(args), dockerfile=model.dockerfile,
+            gpu_architecture=self.arch, training_precision=model.training_precision,
+            dataname=model.data, log=str(self.log_path(model.name)),
+        )
+
+    def run_model(self, model: Model, extra_args: Sequence[str], live: Any = None) -> ModelResult:
+        result = self.base_result(model, extra_args)
+        if self.interrupts.interrupted:
+            result.reason = "not run: the session was interrupted (Ctrl-C or SIGTERM)"
+            return result
+        why_skip = skip_reason(model, self.arch, self.options.disable_skip_gpu_arch)
+        if why_skip:
+            result.status, result.reason = SKIPPED, why_skip
+            result.rows = [Row(model.name, None, "", SKIPPED)]
+            return result
+        try:
+            args = shlex.split(model.args) + list(extra_args)
+        except ValueError as exc:
+            result.reason = f"{model.source} entry '{model.name}': field 'args' cannot be split: {exc}"
+            return result
+        script = model.base_dir / model.scripts
+        if not script.exists():
+            result.reason = f"script not found: {script} ({model.source} entry '{model.name}', field 'scripts')"
+            return result
+        try:
+            n = gpus_mod.wanted(model.n_gpus, self.pool)
+        except UsageError as exc:
+            result.reason = f"{model.name} {exc}"
+            return result
+        folder, argv = script_argv(model.scripts, args)
+        run_dir = (self.options.work_dir / safe_relpath(model.name)).resolve()
+        # Results of an earlier run must never be read as this run's: start from an empty folder.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.copytree(model.base_dir / folder, run_dir, symlinks=False)
+        sink = OutputSink(self.log_path(model.name), live=live)
+        result.log = str(sink.log_path)
+        timeout = resolve_timeout(model.timeout, self.options.timeout, self.context)
+        with self.allocate(n) as ids:
+            result.gpus, result.runtime_ngpus = ids, len(ids)
+            spec = RunSpec(
+                model=model, argv=argv,
+                env=script_env(model, self.context, vendor=self.pool.vendor, arch=self.arch,
+                               system_ngpus=len(self.gpu_info.ids), gpus=ids, runtime_ngpus=len(ids),
+                               use_devices=self.pool.uses_devices, deployment=self.executor.name),
+                run_dir=run_dir, workspace=self.options.root.resolve(), timeout=timeout, gpus=ids,
+                gpu_vendor=self.pool.vendor, use_gpu_devices=self.pool.uses_devices,
+                context=self.context, run_id=self.run_id,
+            )
+            sink.note(f"model {model.name}: {shlex.join(argv)} in {run_dir} "
+                      f"(executor {self.executor.name}, timeout {f'{timeout:g} s' if timeout else 'none'}, GPUs {list(ids)})")
+            try:
+                with self.interrupts.guard() as cancel:
+                    outcome = self.executor.run(spec, sink, cancel)
+            except ExecutorError as exc:
+                outcome = RunOutcome(None, 0.0, problem=str(exc))
+            finally:
+                sink.close()
+        result.duration, result.build_duration = outcome.duration, outcome.build_duration
+        result.image = outcome.image
+        result.properties.update(outcome.properties)
+        status, reason, rows, warnings = evaluate(model.name, outcome, sink.scanner.lines,
+                                                  model.multiple_results, run_dir, timeout,
+                                                  hf_line=sink.scanner.hf, total=sink.scanner.count)
+        result.status, result.reason, result.rows = status, reason, rows
+        result.warnings = warnings
+        result.tail = sink.tail()
+        return result
+
+    @contextmanager
+    def allocate(self, n: int) -> Iterator[tuple[int, ...]]:
+        # One pytest process runs one model at a time; xdist workers share through gpu locks.
+        from .gpulock import GpuLeases
+
+        if n == 0:
+            yield ()
+            return
+        leases = GpuLeases.for_run(self.options.work_dir, self.pool.ids)
+        with leases.take(n, on_wait=None) as ids:
+            yield ids
+
+    def close(self) -> None:
+        self.executor.close()
