@@ -31,7 +31,7 @@ KNOWN_KEYS = frozenset(
         "gpus_per_node", "gpu_count", "n_gpus", "launcher", "vllm", "debug",
         "gen_sys_env_details", "log_error_pattern_scan", "log_error_benign_patterns",
         "log_error_patterns", "deploy", "docker_shm_size", "metric_direction",
-        "rendezvous_timeout", "docker_run_options",
+        "rendezvous_timeout", "docker_run_options", "rendezvous_port",
     }
 )
 

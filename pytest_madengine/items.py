@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from . import terminal
 from .errors import ModelsFileError
 from .models import BrokenEntry, Model, load_path
 from .result import SKIPPED, ModelResult
@@ -80,9 +81,7 @@ class ModelItem(pytest.Item):
         session = mad_session(self.config)
         live = None
         if session.options.live_output or self.config.getoption("capture") == "no":
-            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-            if reporter is not None:
-                live = lambda line: reporter.write(line)  # noqa: E731
+            live = terminal.writer(self.config, newline=False)
         result = session.run_model(self.model, self.extra_args, live=live)
         self.mad_result = result
         self.config.hook.pytest_mad_result(item=self, result=result)

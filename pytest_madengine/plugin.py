@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from . import hooks, report
+from . import hooks, report, runplugins, terminal
 from .context import Context
 from .errors import MadError
 from .items import SESSION_KEY, BrokenItem, ModelItem, ModelsFile, mad_session
 from .models import BrokenEntry, discover, key_of, parse_tags, select
+from .multinode import MultiNode
 from .result import FAILURE, ModelResult
 from .session import MadSession, Options
 
@@ -48,6 +49,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--mad-disable-skip-gpu-arch", action="store_true", help="run models despite skip_gpu_arch")
     g.addoption("--mad-rebuild", action="store_true", help="docker: build images even when unchanged")
     g.addoption("--mad-keep-alive", action="store_true", help="docker: keep containers and print how to enter them")
+    g.addoption("--mad-force-mirror-local", default=None, metavar="PATH",
+                help="data folder (must exist; shared by all nodes in multi-node runs): MAD_DATAHOME, "
+                     "mounted at the same path in containers")
+    g.addoption("--mad-baseline", default=None, metavar="PATH",
+                help="perf.csv or JUnit file of an earlier run: a model whose result is worse fails")
+    g.addoption("--mad-regression-threshold", type=float, default=5.0, metavar="PCT",
+                help="with --mad-baseline: fail when worse than the baseline by more than PCT percent (default 5)")
+    g.addoption("--mad-summary", default=None, metavar="PATH",
+                help="write the results table as Markdown here, with a chart beside it (PATH with .svg)")
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -65,6 +75,7 @@ def _options(config: pytest.Config) -> Options:
         live_output=opt("mad_live_output"), gpus=opt("mad_gpus"),
         disable_skip_gpu_arch=opt("mad_disable_skip_gpu_arch"), rebuild=opt("mad_rebuild"),
         keep_alive=opt("mad_keep_alive"),
+        force_mirror_local=under_root(opt("mad_force_mirror_local")) if opt("mad_force_mirror_local") else None,
     )
 
 
@@ -78,6 +89,16 @@ def pytest_configure(config: pytest.Config) -> None:
     except MadError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION_KEY] = session
+    if hasattr(session.executor, "progress"):  # build, pull and queue progress on the terminal
+        session.executor.progress = terminal.writer(config, prefix="madengine: ")
+    if session.executor.name == "slurm":  # queue later items' jobs before their turn
+        from .slurm import ahead as slurm_ahead
+
+        slurm_ahead.register(config, session)
+    try:
+        runplugins.register(config, session)  # largest-first order, baseline check, summaries
+    except MadError as exc:
+        raise pytest.UsageError(str(exc)) from None
     root = session.options.root
     extra = [Path(p) if os.path.isabs(p) else root / p for p in config.getoption("mad_models")]
     session.model_files = {p.resolve() for p in [*discover(root), *extra]}
@@ -244,6 +265,22 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def mad_context(pytestconfig: pytest.Config) -> Context:
     """The merged additional context of this run (read-only mapping)."""
     return mad_session(pytestconfig).context
+
+
+@pytest.fixture(scope="session")
+def slurm_context(pytestconfig: pytest.Config) -> Any:
+    """The run's validated ``slurm_args`` (a frozen ``SlurmArgs``), or None without them."""
+    from .slurm.args import parse
+
+    ctx = mad_session(pytestconfig).context
+    return parse(ctx["slurm_args"]) if "slurm_args" in ctx else None
+
+
+@pytest.fixture(scope="session")
+def multi_node(pytestconfig: pytest.Config) -> MultiNode:
+    """This node's place in a multi-node run (``multi_node_args``); ``configured`` is False,
+    and the run single-node, without it."""
+    return mad_session(pytestconfig).multi_node
 
 
 __all__ = ["BrokenEntry"]

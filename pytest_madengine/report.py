@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import baseline
 from .result import FAILURE, ModelResult, fmt_value
 
 PERF_COLUMNS = (
@@ -81,6 +82,8 @@ def perf_rows(result: ModelResult, meta: Mapping[str, str]) -> list[dict[str, st
             "performance": _num(row.performance) if row else "",
             "metric": row.metric if row else "",
             "status": row.status if row else result.status if result.status != "SUCCESS" else FAILURE,
+            "relative_change": (baseline.row_property(result, "delta_pct", row.name) if row else "")
+            or common["relative_change"],
         })
     return out
 
@@ -136,6 +139,13 @@ def junit_properties(result: ModelResult) -> list[tuple[str, str]]:
         for row in result.rows:
             props.append((f"performance:{row.name}", _num(row.performance)))
             props.append((f"metric:{row.name}", row.metric))
+    # The rest of a perf.csv row, so `pytest-madengine merge --perf-csv` can rebuild it.
+    for key, text in (("args", result.args), ("training_precision", result.training_precision),
+                      ("docker_file", result.dockerfile), ("base_docker", result.base_docker),
+                      ("gpu_architecture", result.gpu_architecture), ("dataname", result.dataname),
+                      ("runtime_ngpus", "" if result.runtime_ngpus is None else str(result.runtime_ngpus))):
+        if text:
+            props.append((key, text))
     for key, value in sorted(result.properties.items()):
         if key not in ("pid",):
             props.append((key, str(value)))
@@ -160,7 +170,7 @@ def summary_rows(results: Iterable[ModelResult]) -> list[tuple[str, str, str, st
                 r.status if row is None else row.status,
                 _num(row.performance) if row else "",
                 row.metric if row else "",
-                str(r.properties.get("delta_pct", "")) if row else "",
+                baseline.delta_cell(r, row.name) if row else "",
             ))
     return out
 

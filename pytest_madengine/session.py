@@ -20,13 +20,16 @@ from typing import Any
 
 from . import context as context_mod
 from . import gpus as gpus_mod
+from . import multinode as multinode_mod
 from .context import Context
 from .errors import ExecutorError, UsageError
 from .executors.base import Cancel, Executor, RunOutcome, RunSpec
 from .launchers import torchrun
 from .models import Model
+from .multinode_run import NodeRun, check_mirror, mirror_context_mounts, mirror_env, nothing_reported
 from .output import OutputSink
 from .result import FAILURE, SKIPPED, ModelResult, Row, evaluate
+from .scheduling import WaitNotes
 
 DEFAULT_TIMEOUT_S = 7200
 
@@ -43,6 +46,7 @@ class Options:
     disable_skip_gpu_arch: bool = False
     rebuild: bool = False
     keep_alive: bool = False
+    force_mirror_local: Path | None = None  # --mad-force-mirror-local: MAD_DATAHOME, mounted
 
 
 def resolve_timeout(model_timeout: int, cli_timeout: int | None, ctx: Context) -> float | None:
@@ -74,7 +78,8 @@ def safe_relpath(name: str) -> Path:
 
 
 def script_env(model: Model, ctx: Context, *, vendor: str, arch: str, system_ngpus: int,
-               gpus: tuple[int, ...], runtime_ngpus: int, use_devices: bool, deployment: str) -> dict[str, str]:
+               gpus: tuple[int, ...], runtime_ngpus: int, use_devices: bool, deployment: str,
+               multi_node: multinode_mod.MultiNode | None = None, mirror: Path | None = None) -> dict[str, str]:
     """The environment madengine gives a model script, then env_vars and docker_env_vars."""
     env = {
         "MAD_MODEL_NAME": model.name,
@@ -90,10 +95,15 @@ def script_env(model: Model, ctx: Context, *, vendor: str, arch: str, system_ngp
     }
     if model.multiple_results:
         env["MAD_OUTPUT_CSV"] = model.multiple_results
+    if multi_node is not None:  # multi_node_args given: madengine 1.x runner and MASTER_ADDR/... exported
+        env.update(multinode_mod.launch_env(multi_node, runtime_ngpus))
+    env.update(mirror_env(mirror))
     if os.environ.get("BUILD_NUMBER"):
         env["JENKINS_BUILD_NUMBER"] = os.environ["BUILD_NUMBER"]
     if use_devices:
         env.update(gpus_mod.visibility_env(vendor, gpus))
+    if gpus:
+        env["MAD_GPU_IDS"] = ",".join(map(str, gpus))  # the ids held, virtual pools included
     env.update({k: str(v) for k, v in model.env_vars.items()})
     env.update({k: str(v) for k, v in ctx.dict_of("docker_env_vars").items()})
     return env
@@ -143,6 +153,12 @@ class MadSession:
         self.options = options
         self.run_id = uuid.uuid4().hex[:12]
         self.context, self.context_warnings = context_mod.build(context_sources)
+        self.multi_node = multinode_mod.from_context(self.context)  # multi_node_args; UsageError if unusable
+        self.context_warnings = [*self.context_warnings, *self.multi_node.warnings]
+        self.mirror = check_mirror(options.force_mirror_local)  # never created here
+        self.run_context = self.context if self.mirror is None else Context(  # the mirror mounted at its path
+            data=context_mod.merge(self.context.data, {"docker_mounts": mirror_context_mounts(self.mirror)}),
+            sources=self.context.sources)
         self.gpu_info = gpus_mod.detect()
         if self.context.gpu_vendor:
             vendor = self.context.gpu_vendor
@@ -158,6 +174,11 @@ class MadSession:
     def _choose_executor(self, name: str) -> tuple[Executor, str]:
         from .executors.local import LocalExecutor
 
+        if "slurm_args" in self.context:  # GPUs are the SLURM nodes' (GPUS_PER_NODE), not this host's
+            from .executors.slurm import SlurmExecutor
+
+            self.pool = gpus_mod.GpuPool(self.pool.vendor, (), "none", "on the SLURM nodes (GPUS_PER_NODE)")
+            return SlurmExecutor(self.options, self.context, self.run_id), "slurm_args in context"
         if name == "local":
             return LocalExecutor(), "--mad-executor=local"
         try:
@@ -180,6 +201,13 @@ class MadSession:
         ]
         ctx_keys = sorted(k for k in self.context if self.context[k] not in ({}, None, ""))
         lines.append(f"madengine: context keys {', '.join(ctx_keys) or '(defaults)'}; logs in {self.options.log_dir}")
+        mn = self.multi_node
+        if mn.configured:
+            lines.append(f"madengine: multi-node: node {mn.node_rank} of {mn.nnodes}, {mn.runner}, master "
+                         f"{mn.master_addr}:{mn.master_port}" + (f", rendezvous port {mn.rendezvous_port} "
+                         f"(timeout {mn.rendezvous_timeout:g} s)" if mn.needs_barrier else ""))
+        if self.mirror is not None:
+            lines.append(f"madengine: data mirror {self.mirror} (MAD_DATAHOME)")
         lines += [f"madengine: warning: {w}" for w in self.context_warnings]
         return lines
 
@@ -234,22 +262,29 @@ class MadSession:
         sink = OutputSink(self.log_path(model.name), live=live)
         result.log = str(sink.log_path)
         timeout = resolve_timeout(model.timeout, self.options.timeout, self.context)
-        with self.allocate(n) as ids:
+        waits = WaitNotes(sink.note, n, self.pool.ids)
+        with self.allocate(n, on_wait=waits) as ids:
+            if waits.waited:
+                result.properties["gpu_wait_s"] = f"{waits.waited:.1f}"
             result.gpus, result.runtime_ngpus = ids, len(ids)
             spec = RunSpec(
                 model=model, argv=argv,
                 env=script_env(model, self.context, vendor=self.pool.vendor, arch=self.arch,
                                system_ngpus=len(self.gpu_info.ids), gpus=ids, runtime_ngpus=len(ids),
-                               use_devices=self.pool.uses_devices, deployment=self.executor.name),
+                               use_devices=self.pool.uses_devices, deployment=self.executor.name,
+                               multi_node=self.multi_node if self.multi_node.configured else None,
+                               mirror=self.mirror),
                 run_dir=run_dir, workspace=self.options.root.resolve(), timeout=timeout, gpus=ids,
                 gpu_vendor=self.pool.vendor, use_gpu_devices=self.pool.uses_devices,
-                context=self.context, run_id=self.run_id,
+                context=self.run_context, run_id=self.run_id,
             )
             sink.note(f"model {model.name}: {shlex.join(argv)} in {run_dir} "
                       f"(executor {self.executor.name}, timeout {f'{timeout:g} s' if timeout else 'none'}, GPUs {list(ids)})")
+            node = NodeRun(self.multi_node, model.name, self.mirror) if self.multi_node.configured else None
             try:
                 with self.interrupts.guard() as cancel:
-                    outcome = self.executor.run(spec, sink, cancel)
+                    joined = node.join(sink, cancel) if node is not None else ""  # multi-node barrier
+                    outcome = RunOutcome(None, 0.0, problem=joined) if joined else self.executor.run(spec, sink, cancel)
             except ExecutorError as exc:
                 outcome = RunOutcome(None, 0.0, problem=str(exc))
             finally:
@@ -257,16 +292,25 @@ class MadSession:
         result.duration, result.build_duration = outcome.duration, outcome.build_duration
         result.image = outcome.image
         result.properties.update(outcome.properties)
+        result.dockerfile = str(outcome.properties.get("dockerfile", result.dockerfile))
+        result.base_docker = str(outcome.properties.get("base_docker", result.base_docker))
         status, reason, rows, warnings = evaluate(model.name, outcome, sink.scanner.lines,
                                                   model.multiple_results, run_dir, timeout,
                                                   hf_line=sink.scanner.hf, total=sink.scanner.count)
         result.status, result.reason, result.rows = status, reason, rows
         result.warnings = warnings
+        if node is not None:  # this node's verdict; node 0 combines the ranks' values
+            node.finish(result, outcome_ok=outcome.exit_code == 0 and not (outcome.problem or outcome.timed_out
+                                                                      or outcome.interrupted),
+                        log_path=sink.log_path, run_dir=run_dir, multiple_results=model.multiple_results,
+                        nothing_reported=nothing_reported(sink.scanner.lines, sink.scanner.hf,
+                                                          model.multiple_results, run_dir),
+                        cancel=self.interrupts.cancel)
         result.tail = sink.tail()
         return result
 
     @contextmanager
-    def allocate(self, n: int) -> Iterator[tuple[int, ...]]:
+    def allocate(self, n: int, on_wait: Any = None) -> Iterator[tuple[int, ...]]:
         # One pytest process runs one model at a time; xdist workers share through gpu locks.
         from .gpulock import GpuLeases
 
@@ -274,7 +318,7 @@ class MadSession:
             yield ()
             return
         leases = GpuLeases.for_run(self.options.work_dir, self.pool.ids)
-        with leases.take(n, on_wait=None) as ids:
+        with leases.take(n, on_wait=on_wait) as ids:
             yield ids
 
     def close(self) -> None:

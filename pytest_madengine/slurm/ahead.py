@@ -1,0 +1,86 @@
+"""Submit upcoming items' jobs before their turn, so one pytest process keeps several
+SLURM jobs in the queue at once (pytest itself runs items one after another).
+
+Before each item runs, the next ``SUBMIT_AHEAD`` model items this process will run (the
+rest of ``session.items``, or, under xdist, the worker's queue) are planned by the
+session's own ``run_model`` with the SLURM executor in capture mode, which returns the
+exact ``RunSpec`` the item will later use, and their jobs are submitted. When the item
+runs, the executor takes its job if the plan is still the same (else it cancels it and
+submits again). Jobs of items that never run are cancelled at the end of the session.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ..items import ModelItem
+
+
+def _worker_queue(config: pytest.Config) -> list[int] | None:
+    """Indices of the items an xdist worker has been given but not started (None: not xdist)."""
+    if not hasattr(config, "workerinput"):
+        return None
+    for plugin in config.pluginmanager.get_plugins():
+        if type(plugin).__name__ == "WorkerInteractor" and hasattr(plugin, "torun"):
+            try:
+                with plugin.torun.lock() as queue:
+                    pending = [i for i in queue if isinstance(i, int)]
+            except Exception:
+                return []
+            nxt = getattr(plugin, "nextitem_index", None)
+            return ([nxt] if isinstance(nxt, int) else []) + pending
+    return []
+
+
+class SubmitAhead:
+    def __init__(self, session: Any, depth: int) -> None:
+        self.session = session
+        self.depth = depth
+        self.seen: set[str] = set()
+        self._index: dict[str, int] | None = None
+
+    def upcoming(self, item: pytest.Item, nextitem: pytest.Item | None) -> list[pytest.Item]:
+        items = item.session.items
+        queue = _worker_queue(item.config)
+        if queue is not None:
+            return [item, *(items[i] for i in queue if 0 <= i < len(items))]
+        if self._index is None:
+            self._index = {it.nodeid: i for i, it in enumerate(items)}
+        at = self._index.get(item.nodeid)
+        if at is None or at >= len(items) or items[at] is not item:
+            return [item] + ([nextitem] if nextitem is not None else [])
+        return items[at:]
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        session = self.session
+        if self.depth <= 0 or session.interrupts.interrupted:
+            return
+        planned = 0
+        for it in self.upcoming(item, nextitem):
+            if planned > self.depth:
+                break
+            if not isinstance(it, ModelItem):
+                continue
+            planned += 1
+            if it.nodeid in self.seen:
+                continue
+            self.seen.add(it.nodeid)
+            try:
+                spec = session.executor.capture_spec(lambda it=it: session.run_model(it.model, it.extra_args))
+                if spec is not None:
+                    session.executor.submit_ahead(spec)
+            except Exception as exc:  # an optimisation only: the item still submits on its own
+                item.warn(pytest.PytestWarning(f"slurm: could not submit {it.nodeid} ahead: {exc!r}"))
+
+
+def register(config: pytest.Config, session: Any) -> None:
+    """Called by the plugin when the run uses the SLURM executor."""
+    if getattr(session.executor, "name", "") != "slurm" or getattr(session, "multi_node", None) is not None \
+            and getattr(session.multi_node, "configured", False):
+        return
+    depth = session.executor.args.submit_ahead
+    if depth > 0:
+        config.pluginmanager.register(SubmitAhead(session, depth), "madengine-slurm-ahead")

@@ -1,0 +1,159 @@
+"""(b) Multi-node with the docker executor: two pytest processes (two nodes on this host) run
+the demo's torchrun + gloo model in two containers that rendezvous over host networking
+(127.0.0.1, a free port), plus the data mirror mounted into a container.
+
+The image comes FROM the CI base image with the PyTorch CPU wheel of this machine
+(``/opt/wheels``, hard-linked into the build context); its other dependencies come from PyPI.
+Everything made here is removed afterwards. Without Docker, the base image or the wheel the
+tests skip, except under CI=true where they fail.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_madengine.executors import docker as dx
+
+from .multinode_helpers import Nodes, copy_demo, free_port_pair, node_context, show, unavailable
+
+pytestmark = pytest.mark.docker
+
+BASE = os.environ.get("MAD_TEST_BASE_IMAGE", "mad-base:bookworm")
+WHEELS = "/opt/wheels/torch-2.13.0+cpu-*.whl"
+
+TORCH_DOCKERFILE = """\
+ARG BASE
+FROM ${BASE}
+COPY wheels /wheels
+RUN python3 -m pip install --no-cache-dir --break-system-packages --find-links /wheels torch==2.13.0 \\
+    && rm -rf /wheels && python3 -c "import torch.distributed as d; assert d.is_gloo_available()"
+"""
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    try:
+        import docker
+
+        c = docker.DockerClient.from_env(timeout=60)
+        c.ping()
+    except Exception as exc:  # noqa: BLE001
+        unavailable(f"no Docker daemon answers ({dx.short_reason(exc)}); run .ci/setup-docker.sh")
+    try:
+        c.images.get(BASE)
+    except Exception:  # noqa: BLE001
+        unavailable(f"base image {BASE} is missing; run .ci/setup-docker.sh")
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def torch_image(client: Any) -> Iterator[str]:
+    wheels = sorted(glob.glob(WHEELS))
+    if not wheels:
+        unavailable(f"no PyTorch CPU wheel at {WHEELS}")
+    wheel = Path(wheels[-1])
+    ctx = Path(tempfile.mkdtemp(prefix="mad-torch-image-"))
+    tag = f"mad-e2e-torch:{uuid.uuid4().hex[:8]}"
+    try:
+        (ctx / "wheels").mkdir()
+        try:
+            os.link(wheel, ctx / "wheels" / wheel.name)  # no copy of 190 MB
+        except OSError:
+            shutil.copy2(wheel, ctx / "wheels" / wheel.name)
+        (ctx / "Dockerfile").write_text(TORCH_DOCKERFILE)
+        try:
+            client.images.build(path=str(ctx), tag=tag, buildargs={"BASE": BASE}, network_mode="host", rm=True,
+                                forcerm=True, labels={"org.pytest-madengine.e2e": "multinode"})
+        except Exception as exc:  # noqa: BLE001
+            log = "".join(str(chunk.get("stream", chunk)) for chunk in getattr(exc, "build_log", []) or [])
+            pytest.fail(f"building the PyTorch test image failed: {exc}\n{log[-3000:]}", pytrace=False)
+    finally:
+        shutil.rmtree(ctx, ignore_errors=True)
+    yield tag
+    try:
+        client.images.remove(tag, force=True)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _cleanup(client: Any, token: str) -> None:
+    for c in client.containers.list(all=True, filters={"label": dx.LABEL_MODEL}):
+        if token in c.labels.get(dx.LABEL_MODEL, ""):
+            c.remove(force=True)
+    for image in client.images.list(filters={"label": dx.LABEL_HASH}):
+        if any(token in t for t in image.tags):
+            try:
+                client.images.remove(image.id, force=True)
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def test_two_containers_rendezvous(pytester: pytest.Pytester, client: Any, torch_image: str, tmp_path: Path) -> None:
+    token = uuid.uuid4().hex[:8]
+    path = pytester.path
+    copy_demo(path)
+    (path / "docker").mkdir()
+    (path / "docker" / "torch.ubuntu.any.Dockerfile").write_text(
+        f"# CONTEXT {{'guest_os': 'UBUNTU'}}\nARG BASE_DOCKER\nFROM ${{BASE_DOCKER}}\nENV MAD_E2E_TOKEN={token}\n")
+    (path / "scripts" / "mirror").mkdir(parents=True)
+    (path / "scripts" / "mirror" / "run.sh").write_text(
+        'echo "datahome=$MAD_DATAHOME"\ntest -f /.dockerenv && echo in-container\n'
+        'echo "performance: $(cat "$MAD_DATAHOME/input.txt") items_per_second"\n')
+    dist, mirror = f"dist_{token}", f"mirror_{token}"
+    entries = [
+        {"name": dist, "dockerfile": "docker/torch", "scripts": "scripts/dummy_torchrun/run.sh", "n_gpus": "0",
+         "tags": ["t"], "args": "--steps 5", "timeout": 300},
+        {"name": mirror, "dockerfile": "docker/torch", "scripts": "scripts/mirror/run.sh", "n_gpus": "0",
+         "tags": ["m"], "args": "", "timeout": 120},
+    ]
+    (path / "models.json").write_text(json.dumps(entries))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "input.txt").write_text("7\n")
+    build_arg = {"BASE_DOCKER": torch_image}
+    try:
+        # One node first: builds the image both nodes then reuse, runs torchrun --standalone in a
+        # container, and mounts the mirror folder at its own path.
+        single = Nodes(path, executor="docker", tags="t,m")
+        single.start(0, {"docker_build_arg": build_arg}, f"--mad-force-mirror-local={data}", name="single")
+        [s] = single.wait(timeout=900)
+        assert s.rc == 0, show([s])
+        assert "runner: torchrun --standalone --nproc_per_node=1" in s.log(dist)
+        assert "all_reduce sum 1 (expected 1)" in s.log(dist)
+        assert f"datahome={data}" in s.log(mirror) and "in-container" in s.log(mirror)
+        assert {r["model"]: r["performance"] for r in s.perf()}[mirror] == "7"
+
+        port = free_port_pair()
+        nodes = Nodes(path, executor="docker", tags="t")
+        for rank in (0, 1):
+            ctx = node_context(rank, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, rendezvous_timeout=120,
+                               docker_build_arg=build_arg)
+            nodes.start(rank, ctx, f"--mad-force-mirror-local={data}")
+        n0, n1 = nodes.wait(timeout=600)
+        assert (n0.rc, n1.rc) == (0, 0), show([n0, n1])
+        for node in (n0, n1):
+            log = node.log(dist)
+            assert (f"runner: torchrun --nproc_per_node 1 --nnodes 2 --node_rank {node.rank} --master_addr 127.0.0.1 "
+                    f"--master_port {port}") in log
+            assert f"rank {node.rank}/2 on " in log and "all_reduce sum 3 (expected 3)" in log, log
+            [row] = node.perf()
+            assert row["deployment_type"] == "docker" and row["nnodes"] == "2"
+            assert row["docker_image"] == f"ci-{dist}_torch.ubuntu.any"
+        [row0], [row1] = n0.perf(), n1.perf()
+        assert row0["status"] == "SUCCESS" and float(row0["performance"]) > 0
+        assert row1["status"] == "SUCCESS" and row1["performance"] == ""
+        assert list(data.iterdir()) == [data / "input.txt"]  # the mirror marker is gone
+        assert client.containers.list(all=True, filters={"label": f"{dx.LABEL_MODEL}={dist}"}) == []
+    finally:
+        _cleanup(client, token)

@@ -1,0 +1,115 @@
+"""The generated batch and task scripts, as text (and task.sh run with stub SLURM commands)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pytest_madengine.slurm.batch import BatchPlan, batch_script, job_name, task_script
+
+
+def plan(tmp: Path = Path("/shared/logs/m.slurm"), **kw: object) -> BatchPlan:
+    base = dict(job_name="mad-0123456789ab-m", job_dir=tmp, node_dir=Path("/shared/work/m.slurm"),
+                argv=("bash", "run.sh", "--batch", "8"), env={"MAD_MODEL_NAME": "m"}, nodes=2,
+                partition="debug", time="00:30:00", workspace=Path("/shared/ws"))
+    base.update(kw)
+    return BatchPlan(**base)  # type: ignore[arg-type]
+
+
+def sbatch_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("#SBATCH")]
+
+
+def test_header_holds_every_resource() -> None:
+    text = batch_script(plan(gpus_per_node=8, account="proj", qos="high", nodelist="n[1-2]", exclude="n9",
+                             extra_sbatch=("--exclusive", "--mem=8G")))
+    assert sbatch_lines(text) == [
+        "#SBATCH --job-name=mad-0123456789ab-m", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gpus-per-node=8", "#SBATCH --partition=debug", "#SBATCH --time=00:30:00",
+        "#SBATCH --output=/shared/logs/m.slurm/%j.batch.out", "#SBATCH --account=proj", "#SBATCH --qos=high",
+        "#SBATCH --nodelist=n[1-2]", "#SBATCH --exclude=n9", "#SBATCH --exclusive", "#SBATCH --mem=8G",
+    ]
+    assert text.startswith("#!/bin/bash\n")
+    assert "srun --ntasks-per-node=1 --kill-on-bad-exit=1 --output=/shared/logs/m.slurm/%j.node%t.out " \
+           "bash /shared/logs/m.slurm/task.sh" in text
+
+
+def test_no_gpus_no_gpu_option_and_optional_lines_absent() -> None:
+    text = batch_script(plan(gpus_per_node=0))
+    assert "--gpus-per-node" not in text and "--account" not in text and "--qos" not in text
+    assert "--nodelist" not in text and "--exclude" not in text
+
+
+def test_paths_with_spaces_are_quoted(tmp_path: Path) -> None:
+    text = batch_script(plan(tmp=Path("/shared/my logs/m.slurm")))
+    assert '#SBATCH --output="/shared/my logs/m.slurm/%j.batch.out"' in text
+    assert "'/shared/my logs/m.slurm/task.sh'" in text
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+
+
+def test_end_marker_trap_keeps_the_exit_status(tmp_path: Path) -> None:
+    text = batch_script(plan(tmp=tmp_path))
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("srun"))
+    env = {**os.environ, "SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_PARTITION": "debug"}
+    done = subprocess.run(["bash", "-c", body + "\nexit 3\n"], env=env, check=False)
+    assert done.returncode == 3
+    assert (tmp_path / "77.done").read_text().split() == ["3", "n[1-2]", "debug"]
+    assert not (tmp_path / "77.done.tmp").exists()
+
+
+def test_job_name_is_unique_per_run_and_safe() -> None:
+    assert job_name("0123456789ab", "zoo/bert large") == "mad-0123456789ab-zoo_bert_large"
+
+
+def test_task_script_exports_quoted_env_and_runner() -> None:
+    text = task_script(plan(env={"A": "x y", "B": "$(touch /tmp/pwned)", "C": "it's", "CUDA_VISIBLE_DEVICES": "0",
+                                 "MAD_MULTI_NODE_RUNNER": "torchrun --standalone"}, gpus_per_node=4))
+    assert "export A='x y'" in text and "export B='$(touch /tmp/pwned)'" in text
+    assert "export C='it'\"'\"'s'" in text
+    assert "CUDA_VISIBLE_DEVICES" not in text and "--standalone" not in text  # set per node, never copied
+    assert ('export MAD_MULTI_NODE_RUNNER="torchrun --nnodes=$NNODES --nproc_per_node=4 --node_rank=$NODE_RANK '
+            '--master_addr=$MASTER_ADDR --master_port=$MASTER_PORT"') in text
+    assert "export MAD_RUNTIME_NGPUS=4" in text
+    assert "cd /shared/work/m.slurm/node\"$NODE_RANK\"" in text and text.rstrip().endswith("exec bash run.sh --batch 8")
+
+
+def test_task_script_refuses_unexportable_names() -> None:
+    with pytest.raises(ValueError, match="cannot be exported"):
+        task_script(plan(env={"BAD-NAME": "1"}))
+
+
+def test_task_script_in_a_container_passes_values_by_name() -> None:
+    text = task_script(plan(docker_image="rocm/pytorch:latest", gpus_per_node=8, gpu_vendor="AMD",
+                            env={"SECRET": "hunter2"}))
+    line = next(x for x in text.splitlines() if x.startswith("docker run"))
+    assert "hunter2" not in line and "-e SECRET" in line and "-e MASTER_ADDR" in line and "-e NODE_RANK" in line
+    assert "--device /dev/kfd --device /dev/dri --group-add video" in line and "--network host" in line
+    assert "-v /shared/ws:/shared/ws" in line and "rocm/pytorch:latest bash run.sh --batch 8 &" in line
+    assert "trap 'docker rm -f \"$NAME\" >/dev/null 2>&1' EXIT" in text
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+
+
+def test_task_script_on_a_node_with_stub_slurm_commands(tmp_path: Path) -> None:
+    """task.sh as node 1 of job 4242 would run it: the rendezvous points at the first node."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "scontrol").write_text(
+        "#!/bin/bash\n"
+        'if [ "$1 $2" = "show hostnames" ]; then printf "n7\\nn8\\n"; exit; fi\n'
+        'if [ "$1 $2 $3" = "show node n7" ]; then echo "NodeName=n7 Arch=x86_64 NodeAddr=10.1.2.7 NodeHostName=h7"; fi\n')
+    (bindir / "scontrol").chmod(0o755)
+    node_dir = tmp_path / "work"
+    (node_dir / "node1").mkdir(parents=True)
+    (node_dir / "node1" / "run.sh").write_text('echo "$NODE_RANK/$NNODES $MASTER_ADDR:$MASTER_PORT [$Q] $PWD"\n'
+                                              'echo "$MAD_MULTI_NODE_RUNNER"\n')
+    text = task_script(plan(node_dir=node_dir, argv=("bash", "run.sh"), env={"Q": "a 'b' $c"}))
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}", "SLURM_NODEID": "1", "SLURM_NNODES": "2",
+           "SLURM_JOB_NODELIST": "n[7-8]", "SLURM_JOB_ID": "4242"}
+    out = subprocess.run(["bash", "-c", text], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [
+        f"1/2 10.1.2.7:24242 [a 'b' $c] {node_dir / 'node1'}",
+        "torchrun --nnodes=2 --nproc_per_node=1 --node_rank=1 --master_addr=10.1.2.7 --master_port=24242",
+    ]
