@@ -31,7 +31,17 @@ KNOWN_KEYS = frozenset(
         "gpus_per_node", "gpu_count", "n_gpus", "launcher", "vllm", "debug",
         "gen_sys_env_details", "log_error_pattern_scan", "log_error_benign_patterns",
         "log_error_patterns", "deploy", "docker_shm_size", "metric_direction",
-        "rendezvous_timeout", "docker_run_options", "rendezvous_port",
+        "rendezvous_timeout", "docker_run_options", "docker_build_timeout", "rendezvous_port",
+    }
+)
+
+# Keys madengine reads that we accept but do not act on: warn, so nobody believes they took effect.
+IGNORED_KEYS = frozenset(
+    {
+        "tools", "pre_scripts", "post_scripts", "encapsulate_script", "distributed", "slurm", "k8s",
+        "kubernetes", "env_vars", "gpus_per_node", "gpu_count", "n_gpus", "launcher", "vllm", "debug",
+        "gen_sys_env_details", "log_error_pattern_scan", "log_error_benign_patterns", "log_error_patterns",
+        "deploy", "docker_shm_size", "docker_run_options",
     }
 )
 
@@ -157,7 +167,9 @@ def validate(data: Mapping[str, Any]) -> list[str]:
             ) from None
     warnings = []
     for key in data:
-        if key not in KNOWN_KEYS:
+        if key in IGNORED_KEYS:
+            warnings.append(f"context key '{key}' is accepted for madengine compatibility but has no effect here")
+        elif key not in KNOWN_KEYS:
             close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             warnings.append(f"unknown context key '{key}'{hint}")

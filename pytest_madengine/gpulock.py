@@ -27,8 +27,16 @@ class GpuLeases:
 
     @classmethod
     def for_run(cls, work_dir: Path, ids: tuple[int, ...]) -> GpuLeases:
-        folder = Path(work_dir) / ".gpu-locks"
+        return cls.for_folder(Path(work_dir) / ".gpu-locks", ids)
+
+    @classmethod
+    def for_folder(cls, folder: Path, ids: tuple[int, ...]) -> GpuLeases:
+        folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.chmod(0o1777)  # host-wide folder: other users' runs must lock the same GPUs
+        except PermissionError:
+            pass
         return cls(folder, ids)
 
     def _try(self, gpu: int) -> int | None:

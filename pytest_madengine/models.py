@@ -29,6 +29,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import sys
 import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -225,6 +226,21 @@ def _check_str_list(value: Any) -> _Check:
     return None, f"must be a list of strings or a comma-separated string, got {_show(value)}"
 
 
+def _check_args(value: Any) -> _Check:
+    """A string that splits like a shell command line (the session runs ``shlex.split`` on it)."""
+    if not isinstance(value, str):
+        return None, f"must be a string, got {_show(value)}"
+    if "'" in value or '"' in value or "\\" in value:  # without these, shlex.split cannot fail
+        try:
+            shlex.split(value)
+        except ValueError as exc:
+            return None, f"cannot be split like a shell command line ({exc}), got {_show(value)}"
+    return value, None
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def _check_env_vars(value: Any) -> _Check:
     if not isinstance(value, dict):
         return None, f"must be an object mapping names to values, got {_show(value)}"
@@ -232,6 +248,9 @@ def _check_env_vars(value: Any) -> _Check:
     for key, val in value.items():
         if not key:
             return None, "has an empty variable name"
+        if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
+            return None, (f"has {_show(key)}, which is not an environment variable name "
+                          "(letters, digits and _, not starting with a digit)")
         if isinstance(val, str):
             out[key] = val
         elif isinstance(val, (bool, int, float)):
@@ -252,7 +271,7 @@ _CHECKS = {
     "name": _check_required_str,
     "dockerfile": _check_required_str,
     "scripts": _check_required_str,
-    "args": _check_str,
+    "args": _check_args,
     "url": _check_str,
     "owner": _check_str,
     "training_precision": _check_str,

@@ -38,6 +38,8 @@ class OutputSink:
         if not line.endswith("\n"):
             line += "\n"
         with self._lock:
+            if self._log.closed:  # a straggler writing after the run ended
+                return
             self._log.write(line)
             self._log.flush()
             self._tail.append(line.rstrip("\n"))

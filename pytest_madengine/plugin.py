@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,9 @@ def pytest_configure(config: pytest.Config) -> None:
         tags = parse_tags(config.getoption("mad_tags"))
     except MadError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if (config.getoption("mad_timeout") or 0) < -1:
+        raise pytest.UsageError(f"--mad-timeout: {config.getoption('mad_timeout')} is not a timeout; "
+                                "give seconds, 0 for none or -1 for the default (7200 s)")
     config.stash[SESSION_KEY] = session
     if hasattr(session.executor, "progress"):  # build, pull and queue progress on the terminal
         session.executor.progress = terminal.writer(config, prefix="madengine: ")
@@ -172,6 +176,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     rep = yield
     result = getattr(item, "mad_result", None)
     if isinstance(item, MODEL_ITEMS) and result is not None and rep.when == "call":
+        if rep.failed and result.status != FAILURE:
+            # The run looked fine but the item failed after it (a pytest_mad_result hook raised):
+            # the reports must say what pytest says.
+            last = str(rep.longrepr).strip().splitlines()[-1:] if rep.longrepr else []
+            result.status = FAILURE
+            result.reason = result.reason or f"failed after the run: {last[0] if last else 'error in a hook'}"
+            for row in result.rows:
+                row.status = FAILURE
         rep.mad_result = result.to_dict()
         if item.config.getini("junit_family") in ("xunit1", "legacy"):
             item.user_properties.extend(report.junit_properties(result))
@@ -195,9 +207,44 @@ class Reporter:
         self.meta = report.run_meta(Path(config.invocation_params.dir), os.environ)
         self.results: list[ModelResult] = []
         self.seen: set[str] = set()
+        self.expected: dict[str, None] = {}  # selected model nodeids, in order
+        self.started: dict[str, Any] = {}  # nodeid -> the xdist worker that began it (JUnit keys on both)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.expected.update((i.nodeid, None) for i in session.items if isinstance(i, MODEL_ITEMS))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.expected.update((i, None) for i in ids if _is_model_nodeid(i))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """Nothing is lost: a selected model that never reported (Ctrl-C, SIGTERM, -x, a lost
+        worker) still gets its failed testcase and FAILURE row, before JUnit is written."""
+        from _pytest.reports import TestReport
+
+        missing = [n for n in self.expected if n not in self.seen]
+        if not missing:
+            return
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            reason = "not run: the session was interrupted (Ctrl-C or SIGTERM) before this model finished"
+        elif session.shouldfail or session.shouldstop:
+            reason = f"not run: the session stopped early ({session.shouldfail or session.shouldstop})"
+        else:
+            reason = "no result: the process running this model was lost"
+        for nodeid in missing:
+            path, _, name = nodeid.partition("::")
+            for when, outcome in (("call", "failed"), ("teardown", "passed")):
+                rep = TestReport(nodeid=nodeid, location=(path, None, name), keywords={}, outcome=outcome,  # type: ignore[arg-type]
+                                 longrepr=reason if outcome == "failed" else None, when=when)  # type: ignore[arg-type]
+                rep.mad_result = ModelResult(model=name, status=FAILURE, reason=reason).to_dict()
+                if self.started.get(nodeid) is not None:  # complete the testcase its worker opened
+                    rep.node = self.started[nodeid]
+                session.config.hook.pytest_runtest_logreport(report=rep)
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.started.setdefault(report.nodeid, getattr(report, "node", None))
         result = _report_result(report)
         if result is None or report.nodeid in self.seen:
             return
@@ -235,6 +282,10 @@ class Reporter:
 report_mod = report
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _report_result(rep: pytest.TestReport) -> ModelResult | None:
     result = report.result_from_report(rep)
     if result is not None:
@@ -254,6 +305,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
     if SESSION_KEY in config.stash and not hasattr(config, "workerinput"):
         config.pluginmanager.register(Reporter(config), "madengine-reporter")
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            # A CI abort sends SIGTERM: end like Ctrl-C, so sessionfinish still writes every result.
+            signal.signal(signal.SIGTERM, _terminate)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

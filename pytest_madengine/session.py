@@ -72,6 +72,12 @@ def script_argv(scripts: str, args: Sequence[str]) -> tuple[Path, tuple[str, ...
     return p, ("bash", "run.sh", *args)
 
 
+def flat_name(name: str) -> str:
+    """A model name as one folder name: run folders must not nest (``zoo`` vs ``zoo/bert``),
+    or wiping one would wipe the other's live folder."""
+    return str(safe_relpath(name)).replace("/", "__")
+
+
 def safe_relpath(name: str) -> Path:
     parts = [part for part in name.replace("\\", "/").split("/") if part not in ("", ".", "..")]
     return Path(*parts) if parts else Path("model")
@@ -116,6 +122,10 @@ def skip_reason(model: Model, arch: str, disabled: bool) -> str | None:
         if pattern and (arch == pattern or arch.startswith(pattern)):
             return f"skip_gpu_arch: {model.name} is not run on {arch} (pattern {pattern!r}); --mad-disable-skip-gpu-arch runs it"
     return None
+
+
+class GpuWaitCancelled(Exception):
+    """Ctrl-C or SIGTERM while a model waited for its GPUs."""
 
 
 class Interrupts:
@@ -165,7 +175,9 @@ class MadSession:
             if vendor != self.gpu_info.vendor:
                 self.gpu_info = gpus_mod.GpuInfo(vendor, self.gpu_info.ids if vendor != "NONE" else (),
                                                  self.gpu_info.arch, "gpu_vendor from the context")
-        self.pool = gpus_mod.resolve_pool(options.gpus, self.gpu_info)
+        # madengine's docker_gpus ("0-3", "0,2") sets the pool when --mad-gpus is left at all.
+        gpu_spec = str(self.context.get("docker_gpus") or "all") if options.gpus == "all" else options.gpus
+        self.pool = gpus_mod.resolve_pool(gpu_spec, self.gpu_info)
         self.arch = str(self.context.get("MAD_SYSTEM_GPU_ARCHITECTURE", self.gpu_info.arch))
         self.executor, self.executor_why = self._choose_executor(options.executor)
         self.interrupts = Interrupts()
@@ -222,10 +234,10 @@ class MadSession:
         return self.options.log_dir / rel.parent / f"{rel.name}.log"
 
     def base_result(self, model: Model, extra_args: Sequence[str]) -> ModelResult:
-        args = shlex.split(model.args) + list(extra_args)
+        args = " ".join([model.args, shlex.join(extra_args)]).strip()
         return ModelResult(
             model=model.name, status=FAILURE, executor=self.executor.name, tags=model.tags,
-            n_gpus=model.n_gpus, args=shlex.join(args), dockerfile=model.dockerfile,
+            n_gpus=model.n_gpus, args=args, dockerfile=model.dockerfile,
             gpu_architecture=self.arch, training_precision=model.training_precision,
             dataname=model.data, log=str(self.log_path(model.name)),
         )
@@ -255,40 +267,29 @@ class MadSession:
             result.reason = f"{model.name} {exc}"
             return result
         folder, argv = script_argv(model.scripts, args)
-        run_dir = (self.options.work_dir / safe_relpath(model.name)).resolve()
+        run_dir = (self.options.work_dir / flat_name(model.name)).resolve()
         # Results of an earlier run must never be read as this run's: start from an empty folder.
         shutil.rmtree(run_dir, ignore_errors=True)
-        shutil.copytree(model.base_dir / folder, run_dir, symlinks=False)
+        source_dir = (model.base_dir / folder).resolve()
+        shutil.copytree(source_dir, run_dir, symlinks=False, ignore=self._copy_ignore(source_dir))
         sink = OutputSink(self.log_path(model.name), live=live)
         result.log = str(sink.log_path)
+        stale = run_dir / model.multiple_results if model.multiple_results else None
+        if stale is not None and stale.is_file():  # left in the script's folder by an earlier run
+            stale.unlink()
+            sink.note(f"removed {model.multiple_results} copied from {source_dir}: only this run's results count")
         timeout = resolve_timeout(model.timeout, self.options.timeout, self.context)
         waits = WaitNotes(sink.note, n, self.pool.ids)
-        with self.allocate(n, on_wait=waits) as ids:
-            if waits.waited:
-                result.properties["gpu_wait_s"] = f"{waits.waited:.1f}"
-            result.gpus, result.runtime_ngpus = ids, len(ids)
-            spec = RunSpec(
-                model=model, argv=argv,
-                env=script_env(model, self.context, vendor=self.pool.vendor, arch=self.arch,
-                               system_ngpus=len(self.gpu_info.ids), gpus=ids, runtime_ngpus=len(ids),
-                               use_devices=self.pool.uses_devices, deployment=self.executor.name,
-                               multi_node=self.multi_node if self.multi_node.configured else None,
-                               mirror=self.mirror),
-                run_dir=run_dir, workspace=self.options.root.resolve(), timeout=timeout, gpus=ids,
-                gpu_vendor=self.pool.vendor, use_gpu_devices=self.pool.uses_devices,
-                context=self.run_context, run_id=self.run_id,
-            )
-            sink.note(f"model {model.name}: {shlex.join(argv)} in {run_dir} "
-                      f"(executor {self.executor.name}, timeout {f'{timeout:g} s' if timeout else 'none'}, GPUs {list(ids)})")
-            node = NodeRun(self.multi_node, model.name, self.mirror) if self.multi_node.configured else None
-            try:
-                with self.interrupts.guard() as cancel:
-                    joined = node.join(sink, cancel) if node is not None else ""  # multi-node barrier
-                    outcome = RunOutcome(None, 0.0, problem=joined) if joined else self.executor.run(spec, sink, cancel)
-            except ExecutorError as exc:
-                outcome = RunOutcome(None, 0.0, problem=str(exc))
-            finally:
-                sink.close()
+        node = NodeRun(self.multi_node, model.name, self.mirror) if self.multi_node.configured else None
+        try:
+            # Guarded from the GPU wait on: a signal then cancels the wait or the run, never loses the row.
+            with self.interrupts.guard() as cancel:
+                outcome = self._allocate_and_run(model, argv, run_dir, timeout, n, waits, sink, result,
+                                                 node, cancel)
+        except ExecutorError as exc:
+            outcome = RunOutcome(None, 0.0, problem=str(exc))
+        finally:
+            sink.close()
         result.duration, result.build_duration = outcome.duration, outcome.build_duration
         result.image = outcome.image
         result.properties.update(outcome.properties)
@@ -309,6 +310,56 @@ class MadSession:
         result.tail = sink.tail()
         return result
 
+    def _allocate_and_run(self, model: Model, argv: tuple[str, ...], run_dir: Path, timeout: float | None,
+                          n: int, waits: WaitNotes, sink: OutputSink, result: ModelResult,
+                          node: NodeRun | None, cancel: Cancel) -> RunOutcome:
+        def on_wait(elapsed: float) -> None:
+            if cancel:
+                raise GpuWaitCancelled(elapsed)
+            waits(elapsed)
+
+        try:
+            with self.allocate(n, on_wait=on_wait) as ids:
+                if waits.waited:
+                    result.properties["gpu_wait_s"] = f"{waits.waited:.1f}"
+                result.gpus, result.runtime_ngpus = ids, len(ids)
+                spec = RunSpec(
+                    model=model, argv=argv,
+                    env=script_env(model, self.context, vendor=self.pool.vendor, arch=self.arch,
+                                   system_ngpus=len(self.gpu_info.ids), gpus=ids, runtime_ngpus=len(ids),
+                                   use_devices=self.pool.uses_devices, deployment=self.executor.name,
+                                   multi_node=self.multi_node if self.multi_node.configured else None,
+                                   mirror=self.mirror),
+                    run_dir=run_dir, workspace=self.options.root.resolve(), timeout=timeout, gpus=ids,
+                    gpu_vendor=self.pool.vendor, use_gpu_devices=self.pool.uses_devices,
+                    context=self.run_context, run_id=self.run_id,
+                )
+                sink.note(f"model {model.name}: {shlex.join(argv)} in {run_dir} (executor {self.executor.name}, "
+                          f"timeout {f'{timeout:g} s' if timeout else 'none'}, GPUs {list(ids)})")
+                if node is None:
+                    return self.executor.run(spec, sink, cancel)
+                # Multi-node: build first, then meet, so no peer waits out a build in the barrier.
+                prepared = self.executor.prepare(spec, sink, cancel)
+                if prepared is not None:
+                    return prepared
+                joined = node.join(sink, cancel)
+                if joined:
+                    return RunOutcome(None, 0.0, problem=joined)
+                return self.executor.run(spec, sink, cancel)
+        except GpuWaitCancelled as stop:
+            sink.note(f"interrupted while waiting {stop.args[0]:.0f} s for {n} GPUs")
+            return RunOutcome(None, 0.0, interrupted=True)
+
+    def _copy_ignore(self, source: Path) -> Any:
+        """What never goes into a run folder: our own output folders (a script at the checkout
+        root would otherwise copy mad_work into itself) and version-control data."""
+        skip = {p.resolve() for p in (self.options.work_dir, self.options.log_dir)}
+
+        def ignore(folder: str, names: list[str]) -> set[str]:
+            return {name for name in names if name == ".git" or (Path(folder) / name).resolve() in skip}
+
+        return ignore
+
     @contextmanager
     def allocate(self, n: int, on_wait: Any = None) -> Iterator[tuple[int, ...]]:
         # One pytest process runs one model at a time; xdist workers share through gpu locks.
@@ -317,7 +368,11 @@ class MadSession:
         if n == 0:
             yield ()
             return
-        leases = GpuLeases.for_run(self.options.work_dir, self.pool.ids)
+        # Real GPUs are booked host-wide, whatever the checkout or --mad-work-dir; virtual
+        # pools (scheduling only) belong to their run folder.
+        folder = (Path(os.environ.get("MAD_GPU_LOCK_DIR", "/tmp/pytest-madengine-gpu-locks"))
+                  if self.pool.uses_devices else self.options.work_dir / ".gpu-locks")
+        leases = GpuLeases.for_folder(folder, self.pool.ids)
         with leases.take(n, on_wait=on_wait) as ids:
             yield ids
 

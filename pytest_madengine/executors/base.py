@@ -64,6 +64,11 @@ class Executor(ABC):
     def plan(self, spec: RunSpec) -> dict[str, Any]:
         """What would run, as plain data (no side effects): printed by dry runs, kept in logs."""
 
+    def prepare(self, spec: RunSpec, sink: OutputSink, cancel: Cancel) -> RunOutcome | None:
+        """Slow set-up before a multi-node rendezvous (an image build). None when ready, else
+        the failed outcome to report without running."""
+        return None
+
     @abstractmethod
     def run(self, spec: RunSpec, sink: OutputSink, cancel: Cancel) -> RunOutcome:
         """Run the model to the end, the timeout, or cancellation."""

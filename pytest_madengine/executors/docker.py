@@ -49,7 +49,7 @@ LABEL_HASH = f"{LABEL}.build-hash"
 LABEL_BUILD_SESSION = f"{LABEL}.build-session"  # "<run>@<unix time of the build>", for --mad-rebuild
 LABEL_RUN_ID = f"{LABEL}.run-id"
 LABEL_MODEL = f"{LABEL}.model"
-LABEL_OWNER = f"{LABEL}.owner"  # hostname:pid of the pytest that started the container
+LABEL_OWNER = f"{LABEL}.owner"  # hostname:pid[:pid-namespace inode] of the pytest that started it
 LABEL_OWNER_START = f"{LABEL}.owner-start"  # that pid's start time, so a reused pid is not taken for it
 LABEL_KEEP_ALIVE = f"{LABEL}.keep-alive"
 
@@ -61,6 +61,7 @@ KEEP_ALIVE_MARK = "[pytest-madengine] script exited with status"
 DOCKERFILE_IN_TAR = ".pytest-madengine.Dockerfile"
 
 API_TIMEOUT_S = 30  # every API call but the streams (build, pull, logs, wait)
+BUILD_TIMEOUT_S = 3600.0  # default limit of an image build (base pull included): docker_build_timeout
 PING_TIMEOUT_S = 3
 DOWN_MEMORY_S = 30  # how long "the daemon is not answering" is believed without asking again
 SLICE_S = 0.1
@@ -242,8 +243,43 @@ def container_name(model: str, run_id: str) -> str:
     return f"mad_{slug}_{run_id}"
 
 
+def pid_namespace() -> str:
+    """The inode of this process's pid namespace ("" when unknown): pids are only comparable
+    within one namespace, and containers on one host may share its hostname."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
 def owner_label() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    ns = pid_namespace()
+    return f"{socket.gethostname()}:{os.getpid()}" + (f":{ns}" if ns else "")
+
+
+_OWNER = re.compile(r"(?P<host>[^:]*):(?P<pid>[0-9]+)(?::(?P<ns>[0-9]+))?")
+
+
+def parse_owner(label: str) -> tuple[str, int, str | None] | None:
+    """(hostname, pid, pid namespace or None for labels written before it was recorded)."""
+    m = _OWNER.fullmatch(label)
+    return None if m is None else (m["host"], int(m["pid"]), m["ns"])
+
+
+def build_timeout(spec: RunSpec) -> float:
+    """Seconds an image build (base image pull included) may take: the context's
+    ``docker_build_timeout`` when given, else the model's timeout when longer than an hour,
+    else an hour. A short run timeout (``--mad-timeout 60``) does not cut a long build short."""
+    raw = spec.context.get("docker_build_timeout")
+    if raw not in (None, ""):
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            value = 0.0
+        if not value > 0 or value == float("inf"):
+            raise ExecutorError(f"context key 'docker_build_timeout' must be a number of seconds > 0, got {raw!r}")
+        return value
+    return max(BUILD_TIMEOUT_S, spec.timeout or 0.0)
 
 
 def process_start(pid: int) -> str:
@@ -481,6 +517,10 @@ class Interrupted(Exception):
     pass
 
 
+class StreamTimedOut(Exception):
+    """A build or pull stream outlived its deadline (the daemon may still be working on it)."""
+
+
 @dataclass
 class ImageResult:
     image: str
@@ -501,6 +541,7 @@ class DockerExecutor(Executor):
         self.run_id = run_id
         # Set by the session to show progress (pulls, build steps, keep-alive hints) on the terminal.
         self.progress: Callable[[str], None] | None = None
+        self._prepared: dict[str, ImageResult] = {}  # images prepare() built, by model
         # xdist workers of one run share PYTEST_XDIST_TESTRUNUID; with --mad-rebuild an image
         # built by a sibling worker after we started counts as rebuilt (the time check keeps a
         # pytest started inside an xdist worker, which inherits the variable, from matching).
@@ -596,6 +637,29 @@ class DockerExecutor(Executor):
 
     # -- run
 
+    def prepare(self, spec: RunSpec, sink: OutputSink, cancel: Cancel) -> RunOutcome | None:
+        """Build (or find) the image now, so that multi-node peers meet after the build, not
+        before it. None when ready; otherwise the failed outcome, which run() would give too."""
+        build = plan_build(spec)
+        try:
+            client = self._client_or_problem()
+            log_path = sink.log_path.with_name(sink.log_path.name.removesuffix(".log") + ".build.log")
+            img = self.ensure_image(client, spec, build, log_path, sink, cancel)
+        except BuildFailed as exc:
+            return RunOutcome(None, 0.0, problem=exc.reason, image=build.image)
+        except Interrupted:
+            return RunOutcome(None, 0.0, interrupted=True, image=build.image)
+        except ExecutorError as exc:
+            return RunOutcome(None, 0.0, problem=str(exc), image=build.image)
+        except Exception as exc:  # noqa: BLE001
+            if _is_connection_error(exc):
+                self._drop_client()
+                return RunOutcome(None, 0.0, problem=str(daemon_error(exc)), image=build.image)
+            raise
+        if img.built:
+            self._prepared[spec.model.name] = img
+        return None
+
     def run(self, spec: RunSpec, sink: OutputSink, cancel: Cancel) -> RunOutcome:
         build = plan_build(spec)  # DockerfileError goes up: the session reports it as the reason
         props: dict[str, Any] = {"docker_image": build.image, "base_docker": build.base_docker}
@@ -631,6 +695,9 @@ class DockerExecutor(Executor):
             raise
         props["docker_sha"] = img.image_id
         props["image_reused"] = not img.built
+        prepared = self._prepared.pop(spec.model.name, None)
+        if prepared is not None and not img.built:  # built by prepare(), just before the rendezvous
+            img = prepared
         props["container"] = name
         outcome = self.run_container(client, spec, plan, sink, cancel)
         outcome.build_duration = img.build_duration
@@ -657,16 +724,19 @@ class DockerExecutor(Executor):
     # -- image
 
     def _excludes(self, root: Path) -> list[str]:
-        out = []
-        for p in (Path(self.options.log_dir), Path(self.options.work_dir)):
+        # Never sent to the daemon: registry passwords (a COPY . would put them in a layer) and
+        # version-control data, wherever the context starts.
+        out = [registry.CREDENTIAL_FILE, ".git"]
+        workspace = Path(self.options.root).resolve()
+        for p in (Path(self.options.log_dir), Path(self.options.work_dir), workspace / registry.CREDENTIAL_FILE):
             try:
                 rel = p.resolve().relative_to(root)
             except ValueError:
                 continue
-            if str(rel) not in ("", "."):
+            if str(rel) not in ("", ".", *out):
                 out.append(str(rel))
-        if root == Path(self.options.root).resolve():
-            out += ["perf.csv", ".git"]  # written by every run: would rebuild every time
+        if root == workspace:
+            out.append("perf.csv")  # written by every run: would rebuild every time
         return out
 
     def _context(self, root: Path) -> ContextFiles:
@@ -775,15 +845,18 @@ class DockerExecutor(Executor):
         from docker.utils.build import create_archive
 
         entries, secrets = self._secrets(spec)
+        limit = build_timeout(spec)
         log = BuildLog(log_path, secrets)
         start = time.monotonic()
+        deadline = start + limit
+        stop = threading.Event()
         try:
             why = "--mad-rebuild" if self.options.rebuild else "inputs changed or no image yet"
             log.note(f"building {build.image} from {build.dockerfile} (context {build.context_dir}, "
                      f"build hash {digest[:16]}, {why})")
             self._say(f"{spec.model.name}: building image {build.image} ({why}); log {log_path}", sink)
             if build.base_docker and "$" not in build.base_docker:
-                self._ensure_base(client, spec, build, entries, secrets, log, sink, cancel)
+                self._ensure_base(client, spec, build, entries, secrets, log, sink, cancel, deadline)
             # The legacy builder turns each label into a step of its own: two, no more.
             labels = {LABEL_HASH: digest, LABEL_BUILD_SESSION: f"{self.build_session}@{time.time():.3f}"}
             previous = self._image_labels(client, build.image)
@@ -799,6 +872,8 @@ class DockerExecutor(Executor):
                         nocache=bool(self.options.rebuild), decode=True, network_mode="host",
                     )
                     for chunk in stream:
+                        if stop.is_set():  # timed out or cancelled: nobody reads this any more
+                            break
                         if "stream" in chunk:
                             out = str(chunk["stream"])
                             log.write(out)
@@ -820,7 +895,7 @@ class DockerExecutor(Executor):
                 finally:
                     tar.close()
 
-            self._in_thread(consume, cancel)
+            self._in_thread(consume, cancel, deadline, stop)
             if "exception" in result:
                 raise result["exception"]
             if "error" in result:
@@ -834,7 +909,13 @@ class DockerExecutor(Executor):
             log.note(f"built {build.image} ({found[0][:19]}) in {duration:.1f} s")
             sink.note(f"image {build.image}: built in {duration:.1f} s ({found[0][:19]}); build log {log_path}")
             return ImageResult(build.image, found[0], True, duration)
+        except StreamTimedOut:
+            log.note(f"timed out after {limit:g} s (context key docker_build_timeout): stopped waiting; "
+                     "the build may go on in the Docker daemon, orphaned, until it ends")
+            raise BuildFailed(f"image build timed out after {limit:g} s ({build.image}; context key "
+                              f"docker_build_timeout); build log {log_path}") from None
         finally:
+            stop.set()
             log.close()
 
     def _drop_replaced(self, client: Any, image_id: str, log: BuildLog | None) -> None:
@@ -855,25 +936,37 @@ class DockerExecutor(Executor):
         text += f"\nlast lines of {log.path}:\n" + "\n".join(f"  {ln}" for ln in lines)
         return registry.redact(text, log.secrets)
 
-    def _in_thread(self, fn: Callable[[], None], cancel: Cancel) -> None:
-        """Run ``fn`` in a thread; return when it ends, raise Interrupted on cancel (the thread
-        is left to end with the stream when pytest exits)."""
+    @staticmethod
+    def _in_thread(fn: Callable[[], None], cancel: Cancel, deadline: float | None = None,
+                   stop: threading.Event | None = None) -> None:
+        """Run ``fn`` in a thread; return when it ends, raise Interrupted on cancel and
+        StreamTimedOut past ``deadline`` (time.monotonic()). The SDK's streams have no timeout
+        of their own, so the thread is left to end with the stream (or with pytest); ``stop``
+        is set to tell it to stop reporting."""
         t = threading.Thread(target=fn, daemon=True, name="mad-docker-stream")
         t.start()
         while t.is_alive():
-            t.join(SLICE_S)
-            if cancel:
-                raise Interrupted()
+            t.join(SLICE_S if deadline is None else max(0.0, min(SLICE_S, deadline - time.monotonic())))
+            if not t.is_alive():
+                break
+            if cancel or (deadline is not None and time.monotonic() >= deadline):
+                if stop is not None:
+                    stop.set()
+                if cancel:
+                    raise Interrupted()
+                raise StreamTimedOut()
 
     def _ensure_base(self, client: Any, spec: RunSpec, build: BuildPlan, entries: Mapping[str, Any],
-                     secrets: set[str], log: BuildLog, sink: OutputSink, cancel: Cancel) -> None:
+                     secrets: set[str], log: BuildLog, sink: OutputSink, cancel: Cancel,
+                     deadline: float | None = None) -> None:
         if self._image_labels(client, build.base_docker) is not None:
             log.note(f"base image {build.base_docker} is present locally")
             return
-        self._pull(client, build.base_docker, entries, secrets, log, sink, cancel, what="base image")
+        self._pull(client, build.base_docker, entries, secrets, log, sink, cancel, what="base image",
+                   deadline=deadline)
 
     def _pull(self, client: Any, ref: str, entries: Mapping[str, Any], secrets: set[str], log: BuildLog,
-              sink: OutputSink, cancel: Cancel, what: str) -> None:
+              sink: OutputSink, cancel: Cancel, what: str, deadline: float | None = None) -> None:
         from docker.errors import APIError
         from docker.utils import parse_repository_tag
 
@@ -893,10 +986,13 @@ class DockerExecutor(Executor):
         repo, tag = parse_repository_tag(ref)
         result: dict[str, Any] = {}
         last = {"t": 0.0}
+        stop = threading.Event()
 
         def consume() -> None:
             try:
                 for ev in client.api.pull(repo, tag=tag or "latest", stream=True, decode=True, auth_config=auth):
+                    if stop.is_set():  # timed out or cancelled: nobody reads this any more
+                        break
                     if "error" in ev:
                         result["error"] = str((ev.get("errorDetail") or {}).get("message") or ev["error"])
                         continue
@@ -915,7 +1011,7 @@ class DockerExecutor(Executor):
             except BaseException as exc:  # noqa: BLE001
                 result["exception"] = exc
 
-        self._in_thread(consume, cancel)
+        self._in_thread(consume, cancel, deadline, stop)
         if "exception" in result:
             raise result["exception"]
         if "error" in result:
@@ -927,16 +1023,23 @@ class DockerExecutor(Executor):
                          sink: OutputSink, cancel: Cancel) -> ImageResult:
         found = self._image_labels(client, build.image)
         entries, secrets = self._secrets(spec)
+        limit = build_timeout(spec)
         log = BuildLog(log_path, secrets)
         try:
             log.note(f"MAD_CONTAINER_IMAGE={build.image}: no build")
             start = time.monotonic()
             if found is None:
-                self._pull(client, build.image, entries, secrets, log, sink, cancel, what="image")
+                self._pull(client, build.image, entries, secrets, log, sink, cancel, what="image",
+                           deadline=start + limit)
                 found = self._image_labels(client, build.image)
             if found is None:
                 raise BuildFailed(f"image {build.image} (MAD_CONTAINER_IMAGE) is not available")
             return ImageResult(build.image, found[0], False, time.monotonic() - start)
+        except StreamTimedOut:
+            log.note(f"timed out after {limit:g} s (context key docker_build_timeout): stopped waiting; "
+                     "the pull may go on in the Docker daemon until it ends")
+            raise BuildFailed(f"image build timed out after {limit:g} s (pulling {build.image}; context key "
+                              f"docker_build_timeout); log {log_path}") from None
         finally:
             log.close()
 
@@ -1088,6 +1191,7 @@ class DockerExecutor(Executor):
         """Remove containers whose owning pytest (on this host) is gone; keep-alive ones stay."""
         client = self._connect()
         host = socket.gethostname()
+        ns = pid_namespace()
         removed: list[str] = []
         try:
             listed = self._ours(client, LABEL_OWNER)
@@ -1097,10 +1201,14 @@ class DockerExecutor(Executor):
             labels = c.get("Labels") or {}
             if labels.get(LABEL_KEEP_ALIVE) == "1":
                 continue
-            owner_host, _, pid_text = labels.get(LABEL_OWNER, "").rpartition(":")
-            if owner_host != host or not pid_text.isdigit():
+            owner = parse_owner(labels.get(LABEL_OWNER, ""))
+            if owner is None or owner[0] != host:
                 continue
-            pid = int(pid_text)
+            # Another pid namespace (a pytest in a container with the host's name): its pids
+            # mean nothing here. Labels without a namespace are judged by the pid, as before.
+            if owner[2] is not None and owner[2] != ns:
+                continue
+            pid = owner[1]
             alive = _pid_alive(pid) and (not labels.get(LABEL_OWNER_START)
                                          or process_start(pid) == labels.get(LABEL_OWNER_START))
             if alive:
@@ -1111,23 +1219,27 @@ class DockerExecutor(Executor):
 
     def close(self) -> None:
         """Remove every container of this run that is not kept alive, and those of processes
-        that died during it (an xdist worker killed mid-run)."""
-        client = self._client
-        if client is None:
-            try:
-                self.sweep_orphans()
-            except Exception:  # noqa: BLE001 - no daemon at the end: nothing we can remove
-                pass
-            self._drop_client()
+        that died during it (an xdist worker killed mid-run). Always on a new connection, after
+        a short ping: a daemon that blipped during the run (client dropped) still gets asked."""
+        self._drop_client()
+        self._down = None  # what an earlier ping said is stale now
+        try:
+            client = self._connect()
+        except ExecutorError:  # no daemon at the end: nothing we can remove
             return
         try:
-            self.sweep_orphans()
-            for c in self._ours(client, f"{LABEL_RUN_ID}={self.run_id}"):
-                if (c.get("Labels") or {}).get(LABEL_KEEP_ALIVE) != "1":
-                    self._remove(client, c["Id"])
-        except Exception:  # noqa: BLE001 - no daemon at the end: nothing we can remove
-            pass
-        self._drop_client()
+            try:
+                self.sweep_orphans()
+            except Exception:  # noqa: BLE001 - still remove our own below
+                pass
+            try:
+                for c in self._ours(client, f"{LABEL_RUN_ID}={self.run_id}"):
+                    if (c.get("Labels") or {}).get(LABEL_KEEP_ALIVE) != "1":
+                        self._remove(client, c["Id"])
+            except Exception:  # noqa: BLE001 - the daemon went away again: the next sweep removes them
+                pass
+        finally:
+            self._drop_client()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -74,23 +74,36 @@ class LocalExecutor(Executor):
         reader.start()
         deadline = None if spec.timeout is None else start + spec.timeout
         timed_out = interrupted = False
-        while True:
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.1)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if cancel:
+                    interrupted = True
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    timed_out = True
+                    break
+            # The group goes on every path: a script's background children must not outlive its item.
+            kill_group(proc.pid, leader=proc)
+        finally:
+            # Also when a second Ctrl-C lands in the grace period above.
             try:
-                proc.wait(timeout=0.1)
-                break
-            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
                 pass
-            if cancel:
-                interrupted = True
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                timed_out = True
-                break
-        # The group goes on every path: a script's background children must not outlive its item.
-        kill_group(proc.pid, leader=proc)
         proc.wait()
         reader.join(timeout=5)
-        proc.stdout.close()
+        if reader.is_alive():
+            # A process that left the group (setsid, a daemon) still holds the output open:
+            # closing the pipe now would block on the reader; leave it to the reader thread.
+            sink.note("a process outside the model's process group still holds its output open; "
+                      "output after this point is not recorded")
+        else:
+            proc.stdout.close()
         duration = time.monotonic() - start
         return RunOutcome(proc.returncode, duration, timed_out=timed_out, interrupted=interrupted,
                           properties={"pid": proc.pid})

@@ -221,12 +221,25 @@ class SlurmExecutor(Executor):
         if not spec.run_dir.is_dir():
             sub.problem = f"run folder {spec.run_dir} does not exist"
             return
+        bad = batch_mod.bad_env_names(plan.env)
+        if bad:
+            field = ("models.json field 'env_vars'" if bad[0] in spec.model.env_vars
+                     else "context 'docker_env_vars'")
+            sub.problem = (f"model '{spec.model.name}': {field}: environment variable name {bad[0]!r} "
+                           "cannot be exported by the SLURM task script (letters, digits and _, "
+                           "not starting with a digit)")
+            return
+        try:
+            batch_text, task_text = batch_mod.batch_script(plan), batch_mod.task_script(plan)
+        except ValueError as exc:
+            sub.problem = f"model '{spec.model.name}': cannot write its SLURM job: {exc}"
+            return
         # Every node runs in its own copy of the run folder (shared file system).
         shutil.rmtree(plan.node_dir, ignore_errors=True)
         for rank in range(plan.nodes):
             shutil.copytree(spec.run_dir, plan.node_dir / f"node{rank}", symlinks=True)
-        plan.batch_path.write_text(batch_mod.batch_script(plan))
-        plan.task_path.write_text(batch_mod.task_script(plan))
+        plan.batch_path.write_text(batch_text)
+        plan.task_path.write_text(task_text)
         plan.task_path.chmod(0o700)  # it holds the model's environment
         argv = ["sbatch", "--parsable", str(plan.batch_path)]
         sub.submitted = time.time()

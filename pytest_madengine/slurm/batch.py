@@ -101,11 +101,13 @@ def batch_script(plan: BatchPlan) -> str:
             lines.append(f"#SBATCH --{opt}={_sbatch_value(value)}")
     lines += [f"#SBATCH {extra}" for extra in plan.extra_sbatch]
     marker = q(str(plan.job_dir)) + '/"$SLURM_JOB_ID"'
+    # The trap's body holds quoted paths; the body itself is quoted once more as trap's argument.
+    on_exit = (f'rc=$?; echo "$rc $SLURM_JOB_NODELIST $SLURM_JOB_PARTITION" >{marker}.done.tmp '
+               f"&& mv -f {marker}.done.tmp {marker}.done")
     lines += [
         "# Written by pytest-madengine; kept beside the model's log.",
         "# The end marker lets the poller see the end without asking slurmctld.",
-        f"trap 'rc=$?; echo \"$rc $SLURM_JOB_NODELIST $SLURM_JOB_PARTITION\" >{marker}.done.tmp "
-        f"&& mv -f {marker}.done.tmp {marker}.done' EXIT",
+        f"trap {q(on_exit)} EXIT",
         "# One task per node; --kill-on-bad-exit stops every node when one fails.",
         "srun --ntasks-per-node=1 --kill-on-bad-exit=1 "
         f"--output={q(str(plan.job_dir / '%j.node%t.out'))} bash {q(str(plan.task_path))}",
@@ -119,13 +121,17 @@ def runner(nproc: int) -> str:
             + " --node_rank=$NODE_RANK --master_addr=$MASTER_ADDR --master_port=$MASTER_PORT")
 
 
+def bad_env_names(env: Mapping[str, str]) -> list[str]:
+    """Names in ``env`` that task.sh would have to export but a shell cannot."""
+    return [k for k in env if k not in NODE_VARS and not _ENV_NAME.fullmatch(k)]
+
+
 def task_script(plan: BatchPlan) -> str:
     q = shlex.quote
     nproc = max(1, plan.gpus_per_node)
     env = {k: v for k, v in plan.env.items() if k not in NODE_VARS}
-    for key in env:
-        if not _ENV_NAME.fullmatch(key):
-            raise ValueError(f"environment variable name {key!r} cannot be exported")
+    for key in bad_env_names(env):
+        raise ValueError(f"environment variable name {key!r} cannot be exported")
     lines = [
         "#!/bin/bash",
         "# One node of a pytest-madengine SLURM job: node rank $SLURM_NODEID of $SLURM_NNODES.",

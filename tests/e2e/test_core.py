@@ -355,3 +355,90 @@ def test_mad_models_option_and_scoped_files(pytester, repo):
     res.stdout.fnmatch_lines(["*models.json::zoo/near PASSED*"])
     res = run(pytester, "--mad-models=elsewhere/models.json", "--mad-tags=zoo/x")
     res.assert_outcomes(passed=1, deselected=1)
+
+
+def test_results_file_left_in_the_script_folder_is_not_read(pytester, repo):
+    # A developer ran run.sh by hand and left its CSV behind; this run writes nothing.
+    repo.model("multi", "#!/usr/bin/env bash\ntrue\n", multiple_results="out.csv")
+    (pytester.path / "scripts" / "multi" / "out.csv").write_text("model,performance,metric\na,99999,x\n")
+    res = run(pytester, "--mad-tags=multi")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*out.csv*not written*"])
+    assert "99999" not in (pytester.path / "perf.csv").read_text()
+
+
+def test_script_at_the_checkout_root_runs_again_and_again(pytester, repo):
+    repo.model("rooty", PERF_OK, script="rooty.sh")
+    for _ in range(2):
+        run(pytester, "--mad-tags=rooty").assert_outcomes(passed=1)
+    assert not (pytester.path / "mad_work" / "rooty" / "mad_work").exists()
+
+
+def test_a_failing_result_hook_never_leaves_a_success_row(pytester, repo):
+    repo.model("ok", PERF_OK)
+    pytester.makeconftest("def pytest_mad_result(item, result):\n    raise RuntimeError('upload failed')\n")
+    res = run(pytester, "--mad-tags=ok")
+    res.assert_outcomes(failed=1)
+    (row,) = perf_rows(pytester.path)
+    assert row["status"] == "FAILURE"
+
+
+def test_stopping_early_still_reports_every_selected_model(pytester, repo):
+    repo.model("bad", "exit 1\n")
+    repo.model("later", PERF_OK)
+    res = run(pytester, "--mad-tags=t", "-x", "--junitxml=j.xml")
+    res.assert_outcomes(failed=2)
+    rows = {r["model"]: r["status"] for r in perf_rows(pytester.path)}
+    assert rows == {"bad": "FAILURE", "later": "FAILURE"}
+    assert (pytester.path / "j.xml").read_text().count("<testcase") == 2
+
+
+def test_sigterm_to_an_xdist_run_still_reports_every_model(pytester, repo):
+    for i in range(4):
+        repo.model(f"m{i}", "#!/usr/bin/env bash\ntouch started\nsleep 60 &\necho $! > sleep.pid\nwait\n")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *LOCAL, "--mad-tags=t", "-n", "2", "--junitxml=j.xml"],
+                            cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list((pytester.path / "mad_work").glob("*/started"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # to the controller only, as a CI abort does
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode != 0
+    rows = perf_rows(pytester.path)
+    assert sorted(r["model"] for r in rows) == ["m0", "m1", "m2", "m3"], out
+    assert {r["status"] for r in rows} == {"FAILURE"}
+    assert (pytester.path / "j.xml").read_text().count("<testcase") == 4
+
+
+def test_ctrl_c_while_waiting_for_gpus(pytester, repo):
+    repo.model("holder", "#!/usr/bin/env bash\ntouch started\nsleep 60 &\nwait\n", n_gpus="1")
+    repo.model("waiter", PERF_OK, n_gpus="1")
+    # Two pytest processes share the virtual pool "0": the second waits for the first's GPU.
+    first = subprocess.Popen([sys.executable, "-m", "pytest", *LOCAL, "--mad-tags=holder", "--mad-gpus=0",
+                              "--mad-perf-csv=p1.csv"], cwd=pytester.path, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    started = pytester.path / "mad_work" / "holder" / "started"
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    second = subprocess.Popen([sys.executable, "-m", "pytest", *LOCAL, "--mad-tags=waiter", "--mad-gpus=0",
+                               "--mad-perf-csv=p2.csv", "--junitxml=j.xml"], cwd=pytester.path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = pytester.path / "mad_logs" / "waiter.log"
+    while time.monotonic() < deadline and not (log.exists() and "waiting for 1 GPUs" in log.read_text()):
+        time.sleep(0.1)
+    second.send_signal(signal.SIGINT)
+    out, _ = second.communicate(timeout=60)
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=60)
+    assert "waiter: interrupted" in out, out
+    (row,) = list(csv.DictReader(open(pytester.path / "p2.csv")))
+    assert (row["model"], row["status"]) == ("waiter", "FAILURE")
+
+
+def test_context_keys_without_effect_warn_and_bad_timeout_is_refused(pytester, repo):
+    repo.model("ok", PERF_OK)
+    res = run(pytester, "--mad-tags=ok", "--mad-context", "{'tools': [{'name': 'rocprof'}]}")
+    res.stdout.fnmatch_lines(["*'tools' is accepted for madengine compatibility but has no effect*"])
+    res = run(pytester, "--mad-tags=ok", "--mad-timeout=-5")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR

@@ -639,3 +639,175 @@ def test_short_reason_digs_out_the_cause() -> None:
     inner = ProtocolError("Connection aborted.", FileNotFoundError(2, "No such file or directory"))
     exc = requests.exceptions.ConnectionError(inner)
     assert dx.short_reason(exc) == "No such file or directory (errno 2)"
+
+
+# ------------------------------------------------------------------ review fixes, with stand-ins for the daemon
+
+
+class _FakeApi:
+    """The few APIClient calls close(), the orphan sweep and a build make."""
+
+    def __init__(self, containers: list[dict[str, Any]] | None = None, build_gate: threading.Event | None = None):
+        self.listed = containers or []
+        self.removed: list[str] = []
+        self.build_gate = build_gate
+
+    def containers(self, all: bool, filters: dict[str, str]) -> list[dict[str, Any]]:  # noqa: A002
+        key, _, value = filters["label"].partition("=")
+        return [c for c in self.listed if key in c["Labels"] and (not value or c["Labels"][key] == value)]
+
+    def remove_container(self, cid: str, force: bool, v: bool) -> None:
+        self.removed.append(cid)
+
+    def inspect_image(self, image: str) -> dict[str, Any]:
+        from docker.errors import ImageNotFound
+
+        raise ImageNotFound(image)
+
+    def build(self, **kw: Any) -> Iterator[dict[str, Any]]:
+        yield {"stream": "Step 1/2 : FROM scratch\n"}
+        assert self.build_gate is not None
+        self.build_gate.wait()  # a build that never ends (until the test lets it go)
+        yield {"stream": "never read\n"}
+
+
+class _FakeClient:
+    def __init__(self, api: _FakeApi) -> None:
+        self.api = api
+        self.pings = 0
+
+    def ping(self) -> bool:
+        self.pings += 1
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def _offline_executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **ctx: Any) -> dx.DockerExecutor:
+    from pytest_madengine.errors import ExecutorError
+    from pytest_madengine.session import Options
+
+    def no_daemon(self: dx.DockerExecutor) -> Any:
+        raise ExecutorError("no daemon in this test")
+
+    with monkeypatch.context() as m:
+        m.setattr(dx.DockerExecutor, "_connect", no_daemon)
+        return dx.DockerExecutor(Options(root=tmp_path, log_dir=tmp_path / "mad_logs", work_dir=tmp_path / "mad_work"),
+                                 Context(ctx), "run1")
+
+
+def test_build_timeout_comes_from_the_context_or_the_model(tmp_path: Path) -> None:
+    import dataclasses
+
+    from pytest_madengine.errors import ExecutorError
+
+    spec = _spec(tmp_path)
+    assert dx.build_timeout(spec) == dx.BUILD_TIMEOUT_S == 3600  # no model timeout
+    assert dx.build_timeout(dataclasses.replace(spec, timeout=3.0)) == 3600  # a short run limit: not the build's
+    assert dx.build_timeout(dataclasses.replace(spec, timeout=7200.0)) == 7200
+    assert dx.build_timeout(_spec(tmp_path, ctx={"docker_build_timeout": "90"})) == 90
+    for bad in ("soon", 0, -5, "inf"):
+        with pytest.raises(ExecutorError, match="docker_build_timeout' must be a number of seconds > 0"):
+            dx.build_timeout(_spec(tmp_path, ctx={"docker_build_timeout": bad}))
+
+
+def test_stream_wait_ends_at_the_deadline_or_on_cancel() -> None:
+    from pytest_madengine.executors.base import Cancel
+
+    gate = threading.Event()
+    stop = threading.Event()
+    t0 = time.monotonic()
+    with pytest.raises(dx.StreamTimedOut):
+        dx.DockerExecutor._in_thread(gate.wait, Cancel(), time.monotonic() + 0.3, stop)
+    assert 0.25 < time.monotonic() - t0 < 2 and stop.is_set()
+    cancel = Cancel()
+    threading.Timer(0.2, cancel.event.set).start()
+    with pytest.raises(dx.Interrupted):
+        dx.DockerExecutor._in_thread(gate.wait, cancel, time.monotonic() + 60)
+    dx.DockerExecutor._in_thread(lambda: None, Cancel(), time.monotonic() - 1)  # ended in time: no error
+    gate.set()
+
+
+def test_a_hanging_build_fails_at_its_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_madengine.executors.base import Cancel
+    from pytest_madengine.output import OutputSink
+
+    ex = _offline_executor(tmp_path, monkeypatch)
+    ctx_dir = tmp_path / "docker"
+    ctx_dir.mkdir()
+    (ctx_dir / "x.Dockerfile").write_text("FROM scratch\n")
+    build = dx.BuildPlan(image="ci-hang", dockerfile=str(ctx_dir / "x.Dockerfile"), dockerfile_header=None,
+                         context_dir=str(ctx_dir), build_args={}, base_docker="", base_registry="")
+    gate = threading.Event()
+    client = _FakeClient(_FakeApi(build_gate=gate))
+    spec = _spec(tmp_path, ctx={"docker_build_timeout": 0.5})
+    sink = OutputSink(tmp_path / "m.log")
+    log_path = tmp_path / "m.build.log"
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(dx.BuildFailed, match=r"^image build timed out after 0.5 s \(ci-hang"):
+            ex._build(client, spec, build, "FROM scratch\n", dx.context_files(ctx_dir), "d" * 64, log_path,
+                      sink, Cancel())
+    finally:
+        gate.set()
+        sink.close()
+    assert time.monotonic() - t0 < 5
+    text = log_path.read_text()
+    assert "Step 1/2" in text and "may go on in the Docker daemon" in text and "never read" not in text
+
+
+def test_close_reconnects_after_a_blip_and_removes_this_runs_containers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import docker
+
+    ex = _offline_executor(tmp_path, monkeypatch)
+    host = socket.gethostname()
+    api = _FakeApi([
+        {"Id": "mine", "Names": ["/a"], "Labels": {dx.LABEL_RUN_ID: "run1", dx.LABEL_OWNER: dx.owner_label()}},
+        {"Id": "kept", "Names": ["/b"], "Labels": {dx.LABEL_RUN_ID: "run1", dx.LABEL_OWNER: dx.owner_label(),
+                                                  dx.LABEL_KEEP_ALIVE: "1"}},
+        {"Id": "other-run", "Names": ["/c"], "Labels": {dx.LABEL_RUN_ID: "run2", dx.LABEL_OWNER: f"{host}:{os.getpid()}"}},
+    ])
+    fake = _FakeClient(api)
+    monkeypatch.setattr(docker, "from_env", lambda **kw: fake)
+    ex._client = None  # dropped when the daemon blipped ...
+    ex._down = (time.monotonic(), "Connection refused (errno 111)")  # ... and that is remembered
+    ex.close()
+    assert api.removed == ["mine"] and fake.pings == 1 and ex._client is None
+
+
+def test_build_context_never_holds_credentials_or_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ws = tmp_path / "ws"
+    for rel in ("credential.json", ".git/config", "docker/x.Dockerfile", "docker/credential.json", "src/a.py",
+                "perf.csv"):
+        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ws / rel).write_text('{"dockerhub": {"password": "hunter2"}}' if "credential" in rel else "x")
+    ex = _offline_executor(ws, monkeypatch)
+    sent = dx.context_files(ws.resolve(), ex._excludes(ws.resolve())).files
+    assert "credential.json" not in sent and not any(f.startswith(".git") for f in sent)
+    assert {"docker/x.Dockerfile", "src/a.py"} <= set(sent) and "perf.csv" not in sent
+    sent = dx.context_files(ws / "docker", ex._excludes((ws / "docker").resolve())).files
+    assert "credential.json" not in sent and "x.Dockerfile" in sent
+    above = dx.context_files(tmp_path, ex._excludes(tmp_path.resolve())).files  # dockercontext above it
+    assert "ws/credential.json" not in above and "ws/src/a.py" in above
+
+
+def test_orphan_sweep_skips_other_pid_namespaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ex = _offline_executor(tmp_path, monkeypatch)
+    host, ns, dead = socket.gethostname(), dx.pid_namespace(), _dead_pid()
+    assert ns and dx.owner_label() == f"{host}:{os.getpid()}:{ns}"
+    assert dx.parse_owner(dx.owner_label()) == (host, os.getpid(), ns)
+    assert dx.parse_owner(f"{host}:12") == (host, 12, None) and dx.parse_owner("garbage") is None
+    owners = {
+        "dead-here": f"{host}:{dead}:{ns}",
+        "dead-legacy": f"{host}:{dead}",  # written before the namespace was recorded: judged as before
+        "other-namespace": f"{host}:{dead}:{int(ns) + 1}",  # a pytest in a container named like the host
+        "alive-here": dx.owner_label(),
+        "other-host": f"elsewhere-{host}:{dead}:{ns}",
+    }
+    api = _FakeApi([{"Id": cid, "Names": [f"/{cid}"], "Labels": {dx.LABEL_OWNER: owner}}
+                    for cid, owner in owners.items()])
+    ex._client = _FakeClient(api)
+    assert sorted(ex.sweep_orphans()) == ["dead-here", "dead-legacy"]
+    assert sorted(api.removed) == ["dead-here", "dead-legacy"]

@@ -218,6 +218,31 @@ def test_env_vars_rejected(tmp_path: Path, value: Any, fragment: str) -> None:
     assert fragment in broken.message
 
 
+@pytest.mark.parametrize("name", ["BAD-NAME", "2X", "A B", "X=1", "é"])
+def test_env_vars_names_must_be_exportable(tmp_path: Path, name: str) -> None:
+    """A name no shell can export (a SLURM task script would fail on it) breaks the entry."""
+    broken = only_broken(load_entries(tmp_path, entry("m", env_vars={"OK_1": "x", name: "1"})))
+    assert (f"models.json entry 0 ('m'): field 'env_vars' has {name!r}, which is not an environment "
+            "variable name") in broken.message
+    (m,) = load_entries(tmp_path, entry("m", env_vars={"_a": "1", "B2": "2"})).models
+    assert dict(m.env_vars) == {"_a": "1", "B2": "2"}
+
+
+@pytest.mark.parametrize(("args", "error"), [("--name 'unclosed", "No closing quotation"),
+                                             ('--x "a b', "No closing quotation"),
+                                             ("--x trailing\\", "No escaped character")])
+def test_args_must_split_like_a_command_line(tmp_path: Path, args: str, error: str) -> None:
+    broken = only_broken(load_entries(tmp_path, entry("m", args=args)))
+    assert ("models.json entry 0 ('m'): field 'args' cannot be split like a shell "
+            f"command line ({error})") in broken.message
+
+
+@pytest.mark.parametrize("args", ["", "--batch 8", "--name 'a b' --q \"c d\" e\\ f", "--x=$HOME;ls"])
+def test_args_that_split_are_kept_as_written(tmp_path: Path, args: str) -> None:
+    (m,) = load_entries(tmp_path, entry("m", args=args)).models
+    assert m.args == args
+
+
 @pytest.mark.parametrize("key", ["name", "dockerfile", "scripts"])
 def test_missing_required_field(tmp_path: Path, key: str) -> None:
     broken = only_broken(load_entries(tmp_path, entry("m", **{key: _DROP})))

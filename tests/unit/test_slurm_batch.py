@@ -60,6 +60,24 @@ def test_end_marker_trap_keeps_the_exit_status(tmp_path: Path) -> None:
     assert not (tmp_path / "77.done.tmp").exists()
 
 
+def test_end_marker_trap_survives_a_hostile_job_dir(tmp_path: Path) -> None:
+    """Spaces, a single quote and $(...) in the job folder: the trap still writes the marker,
+    and nothing in the path is executed."""
+    job_dir = tmp_path / "my logs" / "it's $(touch X)" / "m.slurm"
+    job_dir.mkdir(parents=True)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    text = batch_script(plan(tmp=job_dir))
+    trap = next(line for line in text.splitlines() if line.startswith("trap "))
+    env = {**os.environ, "SLURM_JOB_ID": "78", "SLURM_JOB_NODELIST": "n1", "SLURM_JOB_PARTITION": "debug"}
+    done = subprocess.run(["bash", "-c", trap + "\nexit 5\n"], cwd=work, env=env, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 5, done.stderr
+    assert (job_dir / "78.done").read_text().split() == ["5", "n1", "debug"]
+    assert not (job_dir / "78.done.tmp").exists()
+    assert not (work / "X").exists() and not list(tmp_path.rglob("X"))
+
+
 def test_job_name_is_unique_per_run_and_safe() -> None:
     assert job_name("0123456789ab", "zoo/bert large") == "mad-0123456789ab-zoo_bert_large"
 
@@ -113,3 +131,46 @@ def test_task_script_on_a_node_with_stub_slurm_commands(tmp_path: Path) -> None:
         f"1/2 10.1.2.7:24242 [a 'b' $c] {node_dir / 'node1'}",
         "torchrun --nnodes=2 --nproc_per_node=1 --node_rank=1 --master_addr=10.1.2.7 --master_port=24242",
     ]
+
+
+@pytest.mark.parametrize(("model_env", "ctx_env", "field"), [
+    ({"BAD-NAME": "1"}, {}, "models.json field 'env_vars'"),
+    ({}, {"2X": "1"}, "context 'docker_env_vars'"),
+])
+def test_executor_reports_unexportable_names_as_the_models_problem(
+        tmp_path: Path, model_env: dict[str, str], ctx_env: dict[str, str], field: str) -> None:
+    """task_script's ValueError is no crash: the item fails with a reason naming model and field."""
+    from pytest_madengine.context import Context
+    from pytest_madengine.executors.base import Cancel, RunSpec
+    from pytest_madengine.executors.slurm import SlurmExecutor
+    from pytest_madengine.models import Model
+    from pytest_madengine.output import OutputSink
+    from pytest_madengine.session import Options
+    from pytest_madengine.slurm import poller as P
+
+    class Cluster(P.Controller):
+        def partitions(self) -> list[str]:
+            return ["debug*"]
+
+        def run(self, argv: list[str], *, timeout: float = 0) -> str:
+            raise AssertionError(f"nothing may be submitted: {argv}")
+
+    ctx = Context({"slurm_args": {"PARTITION": "debug", "TIME": "10"}})
+    ex = SlurmExecutor(Options(root=tmp_path, log_dir=tmp_path / "logs", work_dir=tmp_path / "work"), ctx,
+                       "0123456789ab", poller=P.SlurmPoller(Cluster()))
+    model = Model(name="zoo/bert", source=tmp_path / "models.json", index=0, base_dir=tmp_path, scope=None,
+                  dockerfile="docker/x", scripts="run.sh", n_gpus=0, tags=(), env_vars=model_env)
+    run_dir = tmp_path / "work" / "zoo" / "bert"
+    run_dir.mkdir(parents=True)
+    spec = RunSpec(model=model, argv=("bash", "run.sh"), env={"MAD_MODEL_NAME": "zoo/bert", **model_env, **ctx_env},
+                   run_dir=run_dir, workspace=tmp_path, timeout=60.0, gpus=(), gpu_vendor="AMD",
+                   use_gpu_devices=False, context=Context({}), run_id="0123456789ab")
+    sink = OutputSink(tmp_path / "logs" / "bert.log")
+    try:
+        outcome = ex.run(spec, sink, Cancel())
+    finally:
+        sink.close()
+    bad = next(iter({**model_env, **ctx_env}))
+    assert outcome.exit_code is None
+    assert outcome.problem.startswith(f"model 'zoo/bert': {field}: environment variable name {bad!r} cannot be exported")
+    assert not (tmp_path / "logs" / "zoo" / "bert.slurm" / "task.sh").exists()
