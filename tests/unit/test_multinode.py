@@ -338,16 +338,17 @@ class TestRendezvous:
 
     def test_duplicate_rank_is_turned_away(self):
         port = free_port()
-        lead = Bg(rendezvous.lead, port=port, where="x", nnodes=3, token="T", model="m", timeout=1.5)
+        # Generous times: on a loaded 2-core CI machine the first follower may take a while to join.
+        lead = Bg(rendezvous.lead, port=port, where="x", nnodes=3, token="T", model="m", timeout=3)
         lead.start()
         first = Bg(rendezvous.follow, addr="127.0.0.1", port=port, where="x", rank=1, token="T", model="m",
-                   timeout=5)
+                   timeout=10)
         first.start()
-        time.sleep(0.3)
+        time.sleep(1.0)
         with pytest.raises(rendezvous.RendezvousFailed, match="NODE_RANK 1 already joined"):
-            rendezvous.follow(addr="127.0.0.1", port=port, where="x", rank=1, token="T", model="m", timeout=5)
-        first.join(10)
-        lead.join(10)
+            rendezvous.follow(addr="127.0.0.1", port=port, where="x", rank=1, token="T", model="m", timeout=10)
+        first.join(15)
+        lead.join(15)
         assert "ranks that did not join: [2]" in str(lead.error)
         assert "aborted by node 0: rendezvous timed out" in str(first.error)  # told at once, not after 5 s
 

@@ -342,7 +342,7 @@ class TestPriorityGate:
             stop.set()
             for t in streams:
                 t.join()
-        assert got - start < 1.5
+        assert got - start < 3.0  # the streams never stop: without the gate it would wait for ever
         assert not list((tmp_path / ".gpu-locks" / "waiting").glob("*.lock"))  # announcements removed
 
     def test_a_dead_waiters_announcement_is_ignored_and_removed(self, tmp_path):

@@ -112,7 +112,7 @@ def test_end_marker_brings_the_final_sacct_forward(tmp_path: Path) -> None:
     t0 = time.monotonic()
     marker.write_text("0 n[1-2] debug\n")
     assert w.done.wait(3 / SCALE + 0.5)
-    assert time.monotonic() - t0 < 2 / SCALE + 0.1
+    assert time.monotonic() - t0 < 2 / SCALE + 0.5  # slack for a loaded 2-core CI machine
     assert w.final is not None and (w.final.nodes, w.final.partition, w.final.name) == ("n[1-2]", "debug", "mad-x-m")
     assert ctl.calls["sacct"] - before.get("sacct", 0) == 1
 
