@@ -3,10 +3,36 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from .multinode_helpers import unavailable
+
+DOCKER_BASE = os.environ.get("MAD_TEST_BASE_IMAGE", "mad-base:bookworm")
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    """A Docker SDK client for the engine .ci/setup-docker.sh starts, with its base image."""
+    try:
+        import docker
+        from pytest_madengine.executors.docker import short_reason
+
+        c = docker.DockerClient.from_env(timeout=60)
+        c.ping()
+    except Exception as exc:  # noqa: BLE001
+        unavailable(f"no Docker daemon answers ({short_reason(exc)}); run .ci/setup-docker.sh")
+    try:
+        c.images.get(DOCKER_BASE)
+    except Exception:  # noqa: BLE001
+        unavailable(f"base image {DOCKER_BASE} is missing; run .ci/setup-docker.sh")
+    yield c
+    c.close()
 
 
 class ModelRepo:

@@ -32,36 +32,16 @@ from pytest_madengine.executors import docker as dx
 from pytest_madengine.executors.base import RunSpec
 from pytest_madengine.models import Model
 
+from .multinode_helpers import unavailable
+
 pytestmark = pytest.mark.docker
 
 BASE = os.environ.get("MAD_TEST_BASE_IMAGE", "mad-base:bookworm")
 AUTH_REGISTRY = os.environ.get("MAD_TEST_AUTH_REGISTRY", "127.0.0.1:5001")
 REG_USER = os.environ.get("MAD_TEST_REGISTRY_USER", "maduser")
 REG_PASSWORD = os.environ.get("MAD_TEST_REGISTRY_PASSWORD", "madpass-s3cret")
-IN_CI = os.environ.get("CI", "").strip().lower() == "true"
 
 
-def _unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"CI=true but {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    try:
-        import docker
-
-        c = docker.DockerClient.from_env(timeout=10)
-        c.ping()
-    except Exception as exc:  # noqa: BLE001
-        _unavailable(f"no Docker daemon answers ({dx.short_reason(exc)}); run .ci/setup-docker.sh")
-    try:
-        c.images.get(BASE)
-    except Exception:  # noqa: BLE001
-        _unavailable(f"base image {BASE} is missing; run .ci/setup-docker.sh")
-    yield c
-    c.close()
 
 
 class Project:
@@ -487,9 +467,9 @@ def private_base(project: Project) -> Iterator[str]:
         client.images.get(BASE).tag(repo, tag)
         out = client.images.push(repo, tag=tag, auth_config={"username": REG_USER, "password": REG_PASSWORD})
     except Exception as exc:  # noqa: BLE001
-        _unavailable(f"cannot push to the auth registry {AUTH_REGISTRY}: {dx.short_reason(exc)}")
+        unavailable(f"cannot push to the auth registry {AUTH_REGISTRY}: {dx.short_reason(exc)}")
     if '"error"' in out:
-        _unavailable(f"cannot push to the auth registry {AUTH_REGISTRY}: {out[-300:]}")
+        unavailable(f"cannot push to the auth registry {AUTH_REGISTRY}: {out[-300:]}")
     client.images.remove(ref)
     with pytest.raises(Exception):  # noqa: B017 - really gone, so the run must pull it
         client.images.get(ref)

@@ -40,21 +40,6 @@ RUN python3 -m pip install --no-cache-dir --break-system-packages --find-links /
 """
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    try:
-        import docker
-
-        c = docker.DockerClient.from_env(timeout=60)
-        c.ping()
-    except Exception as exc:  # noqa: BLE001
-        unavailable(f"no Docker daemon answers ({dx.short_reason(exc)}); run .ci/setup-docker.sh")
-    try:
-        c.images.get(BASE)
-    except Exception:  # noqa: BLE001
-        unavailable(f"base image {BASE} is missing; run .ci/setup-docker.sh")
-    yield c
-    c.close()
 
 
 @pytest.fixture(scope="module")
