@@ -329,10 +329,19 @@ def test_ctrl_c_scancels_every_job_of_the_run(tmp_path: Path) -> None:
     # b was submitted ahead of its turn: find it by the run's job name
     name_a = sh("sacct", "-n", "-P", "-X", "-j", p["a"]["slurm_job_id"], "--format=JobName").split()[-1]
     name_b = name_a[:-1] + "b"
-    id_b = sh("sacct", "-n", "-P", "-X", f"--name={name_b}", "-S", "now-10minutes", "--format=JobID").split()
-    assert len(id_b) == 1, (name_b, id_b)
-    for job_id in (p["a"]["slurm_job_id"], id_b[0]):
+    # slurmdbd can take a few seconds to record a job cancelled while pending under its name
+    deadline = time.monotonic() + 20
+    while True:
+        id_b = sh("sacct", "-n", "-P", "-X", f"--name={name_b}", "-S", "now-10minutes", "--format=JobID").split()
+        if id_b or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert len(id_b) <= 1, (name_b, id_b)
+    for job_id in (p["a"]["slurm_job_id"], *id_b):
         assert sacct_state(job_id, "CANCELLED").startswith("CANCELLED"), job_id
+    # whatever was queued for this run, nothing of it is left pending or running
+    prefix = name_a[:-1]
+    assert not [n for n in sh("squeue", "-h", "-o", "%j").split() if n.startswith(prefix)]
 
 
 def test_time_limit_ends_in_timeout(time_limit_run: tuple[Path, subprocess.Popen]) -> None:
