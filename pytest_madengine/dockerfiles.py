@@ -3,13 +3,13 @@
 madengine (``execution/docker_builder.py``, ``core/context.py::filter``) lists ``PREFIX.*``
 for a model's ``dockerfile`` prefix, reads ``# CONTEXT {...}`` from each file's first five
 lines, and keeps the files whose header agrees with the run context; it then builds *every*
-file that is left and says nothing when none is. We keep the format and fail instead:
-exactly one candidate must match, otherwise ``DockerfileError`` lists every candidate with
-its header and the context values it was compared with.
+file that is left and says nothing when none is. We do the same, one item per file, and fail
+a model none of whose files match with every candidate, its header and the context values
+it was compared with.
 
 Matching, as madengine: a header key the run context does not have constrains nothing; a key
-it has must be equal (here case-insensitively, as text); a file without a header matches
-anything.
+it has must be equal (here case-insensitively, as text). Every matching file is built and run
+(one test item each); a file without a header is used only when it is its prefix's sole one.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Candidate:
     header: Mapping[str, Any] | None = field(default=None, hash=False)  # None: no `# CONTEXT` line
 
     def describe(self) -> str:
-        return f"{self.path} {dict(self.header) if self.header is not None else '(no CONTEXT header: matches any context)'}"
+        return f"{self.path} {dict(self.header) if self.header is not None else '(no CONTEXT header)'}"
 
 
 def parse_header(text: str, path: Path | str = "Dockerfile") -> dict[str, Any] | None:
@@ -113,17 +113,58 @@ def matches(header: Mapping[str, Any] | None, ctx: Mapping[str, Any]) -> bool:
     return all(key not in ctx or _same(value, ctx[key]) for key, value in header.items())
 
 
+@dataclass(frozen=True)
+class Matching:
+    """The Dockerfiles of a prefix that a run builds, and the headerless ones passed over."""
+
+    found: tuple[Candidate, ...]
+    chosen: tuple[Candidate, ...]
+    passed_over: tuple[Candidate, ...]  # without a `# CONTEXT` header, beside other candidates
+
+
+def matching(prefix: Path, context: Mapping[str, Any], gpu_vendor: str) -> Matching:
+    """Every Dockerfile of ``prefix`` that matches the run context (madengine builds and runs
+    each). A file without a header is used only when it is the prefix's sole candidate; among
+    several it is passed over, since nothing says which context it is for (madengine skips it
+    then too, with a warning it swallows)."""
+    ctx = run_context(context, gpu_vendor)
+    found = tuple(load_candidates(prefix))
+    if len(found) == 1:
+        only = found[0]
+        return Matching(found, (only,) if matches(only.header, ctx) else (), ())
+    passed_over = tuple(c for c in found if c.header is None)
+    chosen = tuple(c for c in found if c.header is not None and matches(c.header, ctx))
+    return Matching(found, chosen, passed_over)
+
+
+def variant_label(prefix: Path, dockerfile: Path) -> str:
+    """How an item names one of several matching Dockerfiles: the part between the prefix and
+    ``.Dockerfile`` (``docker/x.ctx2a.ubuntu.amd.Dockerfile`` -> ``ctx2a.ubuntu.amd``)."""
+    name = dockerfile.name
+    stem = name[: -len(".Dockerfile")] if name.endswith(".Dockerfile") else name
+    head = prefix.name + "."
+    return stem[len(head):] if stem.startswith(head) and len(stem) > len(head) else stem
+
+
+def dockerfile_stem(dockerfile: Path) -> str:
+    """madengine's name part for a Dockerfile: its file name without ``.Dockerfile``."""
+    name = dockerfile.name
+    return name[: -len(".Dockerfile")] if name.endswith(".Dockerfile") else name
+
+
 def select(prefix: Path, context: Mapping[str, Any], gpu_vendor: str, *, model: str = "") -> Candidate:
-    """The one Dockerfile of ``prefix`` that matches the run context, or DockerfileError."""
+    """The one Dockerfile of ``prefix`` that matches the run context, or DockerfileError.
+    (Items pin their Dockerfile when several match; this serves runs that do not.)"""
     ctx = run_context(context, gpu_vendor)
     who = f"model '{model}': " if model else ""
-    found = load_candidates(prefix)
+    found_m = matching(prefix, context, gpu_vendor)
+    found = list(found_m.found)
     if not found:
         raise DockerfileError(
             f"{who}no Dockerfile for prefix {prefix} (looked for {prefix}.*.Dockerfile, "
             f"{prefix}.Dockerfile and {prefix})"
         )
-    chosen = [c for c in found if matches(c.header, ctx)]
+    chosen = list(found_m.chosen)
     if len(chosen) == 1:
         return chosen[0]
     keys = sorted({k for c in found for k in (c.header or {})})

@@ -45,3 +45,10 @@ class DockerfileError(ExecutorError):
 
 class BuildError(ExecutorError):
     """An image build failed."""
+
+
+class MadWarning(UserWarning):
+    """Something in the context or a models file that runs, but not as the user may think
+    (an unknown key, a key without effect here, a Dockerfile passed over). A pytest warning,
+    so it shows in the warnings summary in every mode (``-q`` included) and ``-W error::``
+    can make it fatal."""

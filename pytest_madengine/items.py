@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from . import terminal
-from .errors import ModelsFileError
+from .errors import MadWarning, ModelsFileError
 from .models import BrokenEntry, Model, load_path
 from .result import SKIPPED, ModelResult
+from .variants import Variant
 
 SESSION_KEY = pytest.StashKey["Any"]()
 MARKER_NAMES: set[str] = set()
@@ -44,7 +45,15 @@ class ModelsFile(pytest.File):
                 yield BrokenItem.from_parent(self, name=model.name, message=f"{self.path}: {duplicate}",
                                              tags=model.tags, scope=model.scope)
                 continue
-            yield ModelItem.from_parent(self, name=model.name, model=model)
+            variants, warnings = session.variants(model)
+            for text in warnings:
+                self.warn(MadWarning(text))
+            if len(variants) <= 1:
+                yield ModelItem.from_parent(self, name=model.name, model=model,
+                                            variant=variants[0] if variants else None)
+                continue
+            for variant in variants:  # madengine runs a model once per matching Dockerfile
+                yield ModelItem.from_parent(self, name=f"{model.name}[{variant.label}]", model=model, variant=variant)
         for entry in loaded.broken:
             yield BrokenItem.from_parent(self, name=entry.name or f"[entry {entry.index}]", message=entry.message,
                                          tags=entry.tags, scope=entry.scope, entry=entry)
@@ -62,9 +71,10 @@ def _mark(item: pytest.Item, tags: tuple[str, ...]) -> None:
 
 
 class ModelItem(pytest.Item):
-    def __init__(self, *, model: Model, **kw: Any) -> None:
+    def __init__(self, *, model: Model, variant: Variant | None = None, **kw: Any) -> None:
         super().__init__(**kw)
         self.model = model
+        self.variant = variant  # the Dockerfile this item builds, when the executor builds one
         self.extra_args: tuple[str, ...] = ()
         self.mad_result: ModelResult | None = None
         _mark(self, model.tags)
@@ -82,7 +92,7 @@ class ModelItem(pytest.Item):
         live = None
         if session.options.live_output or self.config.getoption("capture") == "no":
             live = terminal.writer(self.config, newline=False)
-        result = session.run_model(self.model, self.extra_args, live=live)
+        result = session.run_model(self.model, self.extra_args, live=live, variant=self.variant, item_name=self.name)
         self.mad_result = result
         self.config.hook.pytest_mad_result(item=self, result=result)
         if result.status == SKIPPED:

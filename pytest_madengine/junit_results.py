@@ -19,6 +19,7 @@ from xml.etree.ElementTree import ParseError
 from junitparser import JUnitXml, JUnitXmlError, Properties, Property, SystemOut, TestCase, TestSuite
 
 from .errors import MadError
+from .metrics import is_reserved_extra_name
 from .result import FAILURE, SKIPPED, SUCCESS, ModelResult, Row
 
 METRICS_HEADER = "[pytest-madengine metrics]"
@@ -132,9 +133,30 @@ def _float(text: str) -> float | None:
         return None
 
 
+def _split_extra(key: str, rows: Iterable[str]) -> tuple[str, str] | None:
+    """``(column, row)`` when ``key`` is an extra-column property ``<column>:<row>`` of one of
+    ``rows``; None otherwise. Column and row names may both hold ``:``, so each split is tried,
+    leftmost first; a column name that a ``multiple_results`` column can never have (a perf.csv
+    column, ``baseline``, ``delta_pct``: :func:`~pytest_madengine.metrics.is_reserved_extra_name`)
+    is not one, so the baseline's ``delta_pct:<row>`` stays a plain property."""
+    names = set(rows)
+    at = key.find(":")
+    while at > 0:
+        column, row = key[:at], key[at + 1:]
+        if row in names and not is_reserved_extra_name(column):
+            return column, row
+        at = key.find(":", at + 1)
+    return None
+
+
 def result_from_properties(props: Iterable[tuple[str, str]], default_name: str = "",
                            outcome: str = "", message: str = "") -> ModelResult:
-    """A ModelResult from ``junit_properties`` output (the inverse, as far as JUnit keeps it)."""
+    """A ModelResult from ``junit_properties`` output (the inverse, as far as JUnit keeps it).
+
+    ``<column>:<row>`` properties of a known row (one with ``performance:<row>`` /
+    ``metric:<row>``, or the model's only row) go back into that row's ``extra``, in order;
+    any other property not a ModelResult field goes to ``properties``, as it was.
+    """
     plain: dict[str, str] = {}
     per_row: dict[str, dict[str, str]] = {}
     warnings: list[str] = []
@@ -152,6 +174,13 @@ def result_from_properties(props: Iterable[tuple[str, str]], default_name: str =
         else:
             extra[key] = value
     model = plain.get("model") or default_name
+    row_names = list(per_row) if per_row else [model] if plain.get("performance") else []
+    row_extra: dict[str, dict[str, str]] = {}
+    if row_names:
+        for key in [k for k in extra if ":" in k]:
+            split = _split_extra(key, row_names)
+            if split is not None:
+                row_extra.setdefault(split[1], {})[split[0]] = extra.pop(key)
     status = plain.get("status") or outcome or FAILURE
     regressed = set(filter(None, extra.get("regressed", "").split(",")))
 
@@ -165,11 +194,11 @@ def result_from_properties(props: Iterable[tuple[str, str]], default_name: str =
     rows: list[Row] = []
     if per_row:
         for name, vals in per_row.items():
-            value = _float(vals.get("performance", ""))
-            rows.append(Row(name, value, vals.get("metric", ""), row_status(name)))
+            number = _float(vals.get("performance", ""))
+            rows.append(Row(name, number, vals.get("metric", ""), row_status(name), row_extra.get(name, {})))
     elif plain.get("performance"):
-        value = _float(plain["performance"])
-        rows.append(Row(model, value, plain.get("metric", ""), row_status(model)))
+        number = _float(plain["performance"])
+        rows.append(Row(model, number, plain.get("metric", ""), row_status(model), row_extra.get(model, {})))
     elif status == SKIPPED:
         rows.append(Row(model, None, "", SKIPPED))
     n_gpus = plain.get("n_gpus", "0")

@@ -24,7 +24,8 @@ What madengine 2.x does (ROCm/madengine, checked against its source):
   is read with pandas, header names stripped (madengine issue #115), columns
   ``model``, ``performance`` and ``metric`` required ("<file> file is missing the
   <col> column"), each row named ``model_name + "_" + str(row model)``, status
-  SUCCESS when the performance cell is not NaN; other columns go to perf.csv as they are.
+  SUCCESS when the performance cell is not NaN; other columns go to perf.csv as they are
+  (the perf.csv header grows by those columns).
 * Multi-node aggregation (``deployment/base.py::_determine_aggregation_method``) picks
   sum/average/max from words in the metric name and **sums unknown metrics**.
 
@@ -73,6 +74,11 @@ __all__ = [
     "choose_result",
     "parse_multiple_results",
     "parse_number",
+    "PERF_CSV_COLUMNS",
+    "RESERVED_EXTRA_NAMES",
+    "EXTRA_PREFIX",
+    "is_reserved_extra_name",
+    "safe_extra",
     "aggregation_rule",
     "aggregate",
     "direction",
@@ -149,7 +155,8 @@ class ResultRow:
     performance: float | None  # None: not a number -> the caller fails it
     raw_performance: str
     metric: str
-    extra: Mapping[str, str] = field(default_factory=dict, hash=False)  # other CSV columns, in file order
+    # Other CSV columns, in file order, values as text; names made safe by :func:`safe_extra`.
+    extra: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -334,15 +341,73 @@ def choose_result(
 
 _REQUIRED = ("model", "performance", "metric")
 
+#: perf.csv's own columns (madengine 2.x order); ``report.PERF_COLUMNS`` is this tuple.
+PERF_CSV_COLUMNS: tuple[str, ...] = (
+    "model", "n_gpus", "nnodes", "gpus_per_node", "training_precision", "pipeline", "args", "tags",
+    "docker_file", "base_docker", "docker_sha", "docker_image", "git_commit", "machine_name",
+    "deployment_type", "launcher", "gpu_architecture", "performance", "metric", "relative_change",
+    "status", "build_duration", "test_duration", "dataname", "data_provider_type", "data_size",
+    "data_download_duration", "build_number", "additional_docker_run_options",
+)
+
+#: Names an extra ``multiple_results`` column may not keep (see :func:`safe_extra`): perf.csv's
+#: own columns, and the per-row JUnit property names (``performance:<row>``, ``metric:<row>``,
+#: and the baseline's ``baseline:<row>``, ``delta_pct:<row>``, ``baseline_note:<row>``), since an
+#: extra cell is written to JUnit as ``<column>:<row>``.
+RESERVED_EXTRA_NAMES: frozenset[str] = frozenset(PERF_CSV_COLUMNS) | {
+    "performance", "metric", "baseline", "delta_pct", "baseline_note"}
+
+#: What a clashing extra column name is prefixed with.
+EXTRA_PREFIX = "mr_"
+
+
+def is_reserved_extra_name(name: str) -> bool:
+    """Whether an extra column named ``name`` would clobber one of ours: it is in
+    :data:`RESERVED_EXTRA_NAMES`, or it is such a name followed by ``:`` (``metric:p50``
+    would read back from JUnit as the metric of a row named ``p50:<row>``)."""
+    return name in RESERVED_EXTRA_NAMES or name.partition(":")[0] in RESERVED_EXTRA_NAMES
+
+
+def safe_extra(extra: Mapping[str, object]) -> dict[str, str]:
+    """Extra columns (``name -> cell``) made safe to put next to perf.csv's own columns.
+
+    The rule, applied to each column in order:
+
+    * the name is stripped of surrounding whitespace; a column whose name is then empty is
+      dropped (it cannot be a perf.csv column);
+    * a name that clashes, i.e. :func:`is_reserved_extra_name` (``status``, ``n_gpus``,
+      ``performance:x``, ...), is kept under ``mr_<name>``; if that name is itself one of the
+      other columns' names (or taken by an earlier column), ``mr_`` is prefixed again until it is
+      unique (``status`` next to ``mr_status`` becomes ``mr_mr_status``). A name that repeats
+      once stripped is made unique the same way;
+    * values are kept as text (``None`` becomes ``""``), never parsed.
+
+    Order is kept, and the result is a fixed point: ``safe_extra(safe_extra(x)) == safe_extra(x)``.
+    """
+    raw = [(str(k).strip(), "" if v is None else str(v)) for k, v in extra.items()]
+    names = {k for k, _ in raw}
+    out: dict[str, str] = {}
+    for name, value in raw:
+        if not name:
+            continue
+        new = name
+        while is_reserved_extra_name(new) or new in out or (new != name and new in names):
+            new = EXTRA_PREFIX + new
+        out[new] = value
+    return out
+
 
 def parse_multiple_results(path: Path, model_name: str) -> list[ResultRow]:
     """Read a model's ``multiple_results`` CSV into rows named ``<model_name>_<row model>``.
 
     Columns ``model``, ``performance``, ``metric`` are required; header names and values are
     stripped of surrounding whitespace (madengine issue #115); other columns are kept, in file
-    order, in ``extra`` (columns with an empty header are dropped). A performance cell that is
-    not a finite number (empty, ``NA``, ``nan``, ``1,234``, ``95%``) gives ``performance=None``:
-    the caller fails that row. Blank rows are skipped.
+    order, in ``extra``, values as text: madengine appends them to perf.csv. Their names follow
+    :func:`safe_extra`: columns with an empty header are dropped, and a name that clashes with
+    a perf.csv column or a per-row JUnit property (``status``, ``n_gpus``, ``baseline``) is
+    kept as ``mr_<name>``. A performance cell that is not a finite number (empty, ``NA``,
+    ``nan``, ``1,234``, ``95%``) gives ``performance=None``: the caller fails that row. Blank
+    rows are skipped.
 
     Raises :class:`MetricsError` when the file is missing or unreadable, a required column is
     missing, a column name repeats, there are no result rows, a row has more cells than the
@@ -386,7 +451,7 @@ def parse_multiple_results(path: Path, model_name: str) -> list[ResultRow]:
                     raise MetricsError(f"multiple_results file {shown} line {reader.line_num} has an empty "
                                        f"'model' cell, so its result cannot be named")
                 raw = values[idx["performance"]]
-                extra = {n: values[i] for n, i in idx.items() if n not in _REQUIRED}
+                extra = safe_extra({n: values[i] for n, i in idx.items() if n not in _REQUIRED})
                 rows.append(ResultRow(name=f"{model_name}_{row_model}", performance=parse_number(raw),
                                       raw_performance=raw, metric=values[idx["metric"]], extra=extra))
     except UnicodeDecodeError as exc:

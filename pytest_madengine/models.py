@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_madengine import docker_run_options
 from pytest_madengine.errors import ModelsFileError, SelectionError
 
 __all__ = [
@@ -293,8 +294,78 @@ _MODEL_DEFAULTS: dict[str, Any] = {
 _MODEL_DEFAULTS.update(n_gpus=-1, tags=())
 
 
+# How madengine runs a script, by kind; anything else is refused when the file is collected.
+SCRIPT_KINDS = {".sh": "bash", ".slurm": "bash", ".sbatch": "bash", ".py": "python3"}
+
+
+class _Paths:
+    """Where a models file's paths may lead: inside ``bounds`` (the checkout, or the folder of a
+    file given with --mad-models that lies outside it), symlinks resolved. One instance per
+    file, caching resolutions: thousands of entries share a handful of paths."""
+
+    def __init__(self, bounds: Sequence[Path]) -> None:
+        self.bounds = tuple(str(b) for b in bounds)
+        self._real: dict[str, str] = {}
+
+    def real(self, path: str) -> str:
+        got = self._real.get(path)
+        if got is None:
+            got = self._real[path] = os.path.realpath(path)
+        return got
+
+    def inside(self, path: str) -> bool:
+        if not self.bounds:
+            return True
+        real = self.real(path)
+        return any(real == b or real.startswith(b + os.sep) or b == os.sep for b in self.bounds)
+
+    def where(self) -> str:
+        return " or ".join(self.bounds) if self.bounds else "(anywhere)"
+
+
+def _check_paths(values: dict[str, Any], entry: Mapping[str, Any], base_dir: Path, paths: _Paths,
+                 root: Path | None) -> list[str]:
+    """Problems with the entry's paths: outside the bounds, or a script madengine cannot run."""
+    problems: list[str] = []
+    scripts = values.get("scripts")
+    if isinstance(scripts, str):
+        full = os.path.normpath(os.path.join(base_dir, scripts))
+        suffix = os.path.splitext(scripts)[1].lower()
+        if os.path.isabs(scripts) or not paths.inside(full):
+            problems.append(f"field 'scripts' {scripts!r} leads outside {paths.where()}")
+        elif suffix not in SCRIPT_KINDS and not values.get("url") and not os.path.isdir(full):
+            what = "a file" if os.path.exists(full) else "neither a file nor a folder that exists"
+            problems.append(f"field 'scripts' {scripts!r} is {what}; madengine runs .sh, .slurm and .sbatch "
+                            "scripts with bash, .py with python3, and a folder's run.sh")
+    dockerfile = values.get("dockerfile")
+    if isinstance(dockerfile, str):
+        full = os.path.normpath(os.path.join(base_dir, dockerfile))
+        if os.path.isabs(dockerfile) or not paths.inside(full):
+            problems.append(f"field 'dockerfile' {dockerfile!r} leads outside {paths.where()}")
+    options = entry.get("additional_docker_run_options")
+    if options:
+        if not isinstance(options, str):
+            problems.append(f"field 'additional_docker_run_options' must be a string, got {_show(options)}")
+        else:
+            try:
+                docker_run_options.parse(options, {})
+            except docker_run_options.DockerRunOptionsError as exc:
+                problems.append(f"field {exc}")
+    context = entry.get("dockercontext")
+    if context is not None:
+        if not isinstance(context, str):
+            problems.append(f"field 'dockercontext' must be a string, got {_show(context)}")
+        elif context:
+            # madengine resolves dockercontext against the workspace (the checkout root).
+            full = os.path.normpath(os.path.join(root if root is not None else base_dir, context))
+            if os.path.isabs(context) or not paths.inside(full):
+                problems.append(f"field 'dockercontext' {context!r} leads outside {paths.where()}")
+    return problems
+
+
 def _validate(
-    entry: Any, index: int, *, source: Path, label: str, base_dir: Path, scope: str | None
+    entry: Any, index: int, *, source: Path, label: str, base_dir: Path, scope: str | None,
+    paths: _Paths | None = None, root: Path | None = None,
 ) -> Model | BrokenEntry:
     """Turn one raw entry into a Model, or a BrokenEntry naming every bad field."""
     if not isinstance(entry, dict):
@@ -326,6 +397,8 @@ def _validate(
     for key in _REQUIRED:
         if key not in values and entry.get(key) is None:
             problems.append(f"missing required field {key!r}")
+    if paths is not None:
+        problems += _check_paths(values, entry, base_dir, paths, root)
 
     name = values.get("name")
     full_name = (f"{scope}/{name}" if scope else name) if name is not None else None
@@ -361,8 +434,11 @@ def _build(
     label: str,
     base_dir: Path,
     scope: str | None,
+    bounds: Sequence[Path] | None = None,
+    root: Path | None = None,
 ) -> LoadResult:
     """Validate entries in order; later duplicates of a name become broken."""
+    paths = _Paths(bounds) if bounds is not None else None
     models: list[Model] = []
     broken: list[BrokenEntry] = []
     first_index: dict[str, int] = {}
@@ -370,7 +446,8 @@ def _build(
         if isinstance(entry, BrokenEntry):  # already failed before validation (generator)
             result: Model | BrokenEntry = entry
         else:
-            result = _validate(entry, index, source=source, label=label, base_dir=base_dir, scope=scope)
+            result = _validate(entry, index, source=source, label=label, base_dir=base_dir, scope=scope,
+                               paths=paths, root=root)
         if result.name is not None:
             first = first_index.setdefault(result.name, index)
             if first != index:
@@ -394,7 +471,8 @@ def _build(
 # ------------------------------------------------------------------------ loading
 
 
-def load_models_file(path: Path, *, base_dir: Path | None = None, scope: str | None = None) -> LoadResult:
+def load_models_file(path: Path, *, base_dir: Path | None = None, scope: str | None = None,
+                     bounds: Sequence[Path] | None = None, root: Path | None = None) -> LoadResult:
     """Load a JSON models file: a list of entries, each validated on its own."""
     path = Path(path)
     label = _label(path)
@@ -420,6 +498,8 @@ def load_models_file(path: Path, *, base_dir: Path | None = None, scope: str | N
             label=label,
             base_dir=path.parent if base_dir is None else Path(base_dir),
             scope=scope,
+            bounds=bounds,
+            root=root,
         )
 
 
@@ -524,7 +604,8 @@ def _entry_from_object(obj: Any) -> dict[str, Any]:
     return dict(result)
 
 
-def load_generator_file(path: Path, *, scope: str) -> LoadResult:
+def load_generator_file(path: Path, *, scope: str, bounds: Sequence[Path] | None = None,
+                        root: Path | None = None) -> LoadResult:
     """Import ``scripts/<dir>/get_models_json.py`` and validate what ``list_models()`` returns."""
     path = Path(path)
     label = _label(path)
@@ -597,7 +678,7 @@ def load_generator_file(path: Path, *, scope: str) -> LoadResult:
             if file and _is_within(os.path.abspath(file), folder):
                 sys.modules.pop(name, None)
 
-    return _build(entries, source=path, label=label, base_dir=path.parent, scope=scope)
+    return _build(entries, source=path, label=label, base_dir=path.parent, scope=scope, bounds=bounds, root=root)
 
 
 def discover(root: Path) -> list[Path]:
@@ -629,17 +710,28 @@ def load_path(path: Path, root: Path) -> LoadResult:
     root_abs = root.absolute()
     folder = absolute.parent
     in_scripts_dir = folder.parent == root_abs / "scripts"
+    bounds = path_bounds(path, root)
 
     if path.name == GENERATOR:
         sibling = path.parent / MODELS_JSON
         if sibling.is_file():
             raise ModelsFileError(f"{_label(path.parent)}: holds both {MODELS_JSON} and {GENERATOR}; keep only one")
-        return load_generator_file(path, scope=folder.name)
+        return load_generator_file(path, scope=folder.name, bounds=bounds, root=root_abs)
     if path.name == MODELS_JSON and folder == root_abs:
-        return load_models_file(path, base_dir=root, scope=None)
+        return load_models_file(path, base_dir=root, scope=None, bounds=bounds, root=root_abs)
     if path.name == MODELS_JSON and in_scripts_dir:
-        return load_models_file(path, base_dir=path.parent, scope=folder.name)
-    return load_models_file(path, base_dir=path.parent, scope=None)
+        return load_models_file(path, base_dir=path.parent, scope=folder.name, bounds=bounds, root=root_abs)
+    return load_models_file(path, base_dir=path.parent, scope=None, bounds=bounds, root=root_abs)
+
+
+def path_bounds(path: Path, root: Path) -> tuple[Path, ...]:
+    """Where the paths of a models file may lead: the checkout when the file is in it, else the
+    file's own folder (a file the user named with --mad-models)."""
+    real_root = Path(os.path.realpath(root))
+    real_file = Path(os.path.realpath(path))
+    if real_file == real_root or real_root in real_file.parents:
+        return (real_root,)
+    return (real_file.parent,)
 
 
 def check_duplicates(results: Sequence[LoadResult]) -> list[LoadResult]:
@@ -719,6 +811,11 @@ def parse_tags(values: Sequence[str]) -> list[TagSpec]:
             if text:
                 specs.append(_parse_one(text))
     return specs
+
+
+def spec_name(spec: TagSpec) -> str:
+    """The tag as a full model or item name (``scope/tag``)."""
+    return f"{spec.scope}/{spec.tag}" if spec.scope else spec.tag
 
 
 def key_of(c: Model | BrokenEntry) -> str:

@@ -12,9 +12,9 @@ import pytest
 
 from . import hooks, report, runplugins, terminal
 from .context import Context
-from .errors import MadError
+from .errors import MadError, MadWarning
 from .items import SESSION_KEY, BrokenItem, ModelItem, ModelsFile, mad_session
-from .models import BrokenEntry, discover, key_of, parse_tags, select
+from .models import BrokenEntry, discover, key_of, load_path, parse_tags, select, spec_name
 from .multinode import MultiNode
 from .result import FAILURE, ModelResult
 from .session import MadSession, Options
@@ -93,6 +93,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--mad-timeout: {config.getoption('mad_timeout')} is not a timeout; "
                                 "give seconds, 0 for none or -1 for the default (7200 s)")
     config.stash[SESSION_KEY] = session
+    if not hasattr(config, "workerinput"):  # once per run, not once per xdist worker
+        for text in session.context_warnings:
+            config.issue_config_time_warning(MadWarning(text), stacklevel=2)
     if hasattr(session.executor, "progress"):  # build, pull and queue progress on the terminal
         session.executor.progress = terminal.writer(config, prefix="madengine: ")
     if session.executor.name == "slurm":  # queue later items' jobs before their turn
@@ -107,12 +110,34 @@ def pytest_configure(config: pytest.Config) -> None:
     extra = [Path(p) if os.path.isabs(p) else root / p for p in config.getoption("mad_models")]
     session.model_files = {p.resolve() for p in [*discover(root), *extra]}
     session.tag_specs = tags
+    if tags and config.getoption("dist", "no") != "no" and not hasattr(config, "workerinput"):
+        _check_tags_here(session, tags)
     if tags or extra:
         files = [str(p) for p in sorted(session.model_files)]
         if config.args_source != pytest.Config.ArgsSource.ARGS:
             config.args = files  # `pytest --mad-tags=x` runs models, not the project's own tests
         else:
             config.args = [*config.args, *(f for f in files if f not in config.args)]
+
+
+def _check_tags_here(session: MadSession, tags: list[Any]) -> None:
+    """Under xdist the workers collect, and a tag error raised there crashes xdist after every
+    model is counted as lost. The controller reads the models files once more to give the
+    usage error before any worker starts."""
+    candidates: list[Any] = []
+    names: set[str] = set()
+    for path in sorted(session.model_files):
+        try:
+            loaded = load_path(path, session.options.root)
+        except MadError:
+            continue  # an unreadable file is reported by the workers as its own failing item
+        candidates += [*loaded.models, *loaded.broken]
+        for model in loaded.models:
+            names.update(f"{model.name}[{v.label}]" for v in session.variants(model)[0])
+    try:
+        select(candidates, [t for t in tags if spec_name(t) not in names])
+    except MadError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -127,11 +152,18 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return None
 
 
-def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> Any:
+    """A models file is collected by this plugin alone. pytest's Python collector would also
+    take a ``get_models_json.py`` passed as an argument (or matching ``python_files``) and
+    import it as a test module: without madengine that import fails, and same-named
+    generators clash ("import file mismatch"). The collectors others made for it are only
+    constructed, not yet imported, so dropping them here imports nothing."""
+    collectors = yield
     config = parent.config
     if SESSION_KEY in config.stash and file_path.resolve() in mad_session(config).model_files:
-        return ModelsFile.from_parent(parent, path=file_path)
-    return None
+        return [ModelsFile.from_parent(parent, path=file_path)]
+    return collectors
 
 
 def _candidate(item: Any) -> Any:
@@ -149,9 +181,14 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     models = [i for i in items if isinstance(i, MODEL_ITEMS)]
     if not specs or not models:
         return
+    # A tag naming one item of a model run with several Dockerfiles (``name[ctx2a.ubuntu.amd]``)
+    # selects that item alone.
+    variant_items = {i.name for i in models if isinstance(i, ModelItem) and i.variant is not None}
+    by_item = {spec_name(sp): sp for sp in specs if spec_name(sp) in variant_items}
     candidates = [c for c in map(_candidate, models) if c is not None]
+    rest = [sp for sp in specs if spec_name(sp) not in by_item]
     try:
-        chosen = select(candidates, specs)
+        chosen = select(candidates, rest) if rest else {}
     except MadError as exc:
         raise pytest.UsageError(str(exc)) from None
     keep, drop = [], []
@@ -160,9 +197,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             keep.append(item)
             continue
         cand = _candidate(item)
-        if cand is None or key_of(cand) in chosen:
+        own = by_item.get(item.name)
+        if cand is None or key_of(cand) in chosen or own is not None:
             if cand is not None:
-                item.extra_args = tuple(chosen[key_of(cand)])
+                item.extra_args = tuple(chosen.get(key_of(cand), ())) + (own.extra_args if own is not None else ())
             keep.append(item)
         else:
             drop.append(item)
@@ -209,6 +247,22 @@ class Reporter:
         self.seen: set[str] = set()
         self.expected: dict[str, None] = {}  # selected model nodeids, in order
         self.started: dict[str, Any] = {}  # nodeid -> the xdist worker that began it (JUnit keys on both)
+        # Only a session that reached its run loop owes selected models a result: a usage
+        # error, --collect-only, --setup-only or --setup-plan ran nothing and must write nothing.
+        self.loop_started = False
+        self.collection_error = ""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        opt = self.config.option
+        if not (opt.collectonly or getattr(opt, "setuponly", False) or getattr(opt, "setupplan", False)):
+            self.loop_started = True
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed and not self.collection_error:
+            lines = str(report.longrepr).strip().splitlines() if report.longrepr else []
+            detail = next((ln.strip() for ln in reversed(lines) if ln.strip()), "error")
+            self.collection_error = f"{report.nodeid or 'session'}: {detail}"
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.expected.update((i.nodeid, None) for i in session.items if isinstance(i, MODEL_ITEMS))
@@ -224,9 +278,11 @@ class Reporter:
         from _pytest.reports import TestReport
 
         missing = [n for n in self.expected if n not in self.seen]
-        if not missing:
+        if not missing or not self.loop_started:
             return
-        if exitstatus == pytest.ExitCode.INTERRUPTED:
+        if self.collection_error and not self.config.option.continue_on_collection_errors:
+            reason = f"not run: collection failed: {self.collection_error}"
+        elif exitstatus == pytest.ExitCode.INTERRUPTED:
             reason = "not run: the session was interrupted (Ctrl-C or SIGTERM) before this model finished"
         elif session.shouldfail or session.shouldstop:
             reason = f"not run: the session stopped early ({session.shouldfail or session.shouldstop})"

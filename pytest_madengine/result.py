@@ -9,19 +9,29 @@ from typing import Any
 
 from .errors import MetricsError
 from .executors.base import RunOutcome
-from .metrics import PerfLine, ResultRow, choose_result, parse_multiple_results
+from .metrics import PerfLine, ResultRow, choose_result, parse_multiple_results, safe_extra
 
 SUCCESS, FAILURE, SKIPPED = "SUCCESS", "FAILURE", "SKIPPED"
 
 
 @dataclass
 class Row:
-    """One perf.csv row / one reported metric."""
+    """One perf.csv row / one reported metric.
+
+    ``extra``: the row's other ``multiple_results`` columns (name -> text, in file order), which
+    go to perf.csv after its own columns and to JUnit as ``<column>:<row name>`` properties.
+    Names are always made safe by :func:`~pytest_madengine.metrics.safe_extra` (stripped, no
+    empty name, a clash with one of our columns kept as ``mr_<name>``).
+    """
 
     name: str
     performance: float | None
     metric: str
     status: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.extra = safe_extra(self.extra or {})
 
 
 @dataclass
@@ -114,4 +124,4 @@ def evaluate(model_name: str, outcome: RunOutcome, perf_lines: list[PerfLine],
         r = bad[0]
         which = "" if r.name == model_name else f" of '{r.name}'"
         return FAILURE, f"performance{which} is not a number: {r.raw_performance!r} {r.metric}", [], warnings
-    return SUCCESS, "", [Row(r.name, r.performance, r.metric, SUCCESS) for r in rows], warnings
+    return SUCCESS, "", [Row(r.name, r.performance, r.metric, SUCCESS, dict(r.extra)) for r in rows], warnings

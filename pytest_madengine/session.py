@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
 import threading
 import uuid
@@ -19,17 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from . import context as context_mod
+from . import docker_run_options
 from . import gpus as gpus_mod
 from . import multinode as multinode_mod
 from .context import Context
 from .errors import ExecutorError, UsageError
 from .executors.base import Cancel, Executor, RunOutcome, RunSpec
 from .launchers import torchrun
-from .models import Model
+from .models import SCRIPT_KINDS, Model, path_bounds
 from .multinode_run import NodeRun, check_mirror, mirror_context_mounts, mirror_env, nothing_reported
 from .output import OutputSink
 from .result import FAILURE, SKIPPED, ModelResult, Row, evaluate
+from .runfolder import copy_script_folder
 from .scheduling import WaitNotes
+from .variants import Variant, VariantFinder
 
 DEFAULT_TIMEOUT_S = 7200
 
@@ -65,10 +67,9 @@ def resolve_timeout(model_timeout: int, cli_timeout: int | None, ctx: Context) -
 def script_argv(scripts: str, args: Sequence[str]) -> tuple[Path, tuple[str, ...]]:
     """(folder copied into the run folder, argv run there), as madengine runs scripts."""
     p = Path(scripts)
-    if scripts.endswith(".py"):
-        return p.parent, ("python3", p.name, *args)
-    if scripts.endswith(".sh"):
-        return p.parent, ("bash", p.name, *args)
+    runner = SCRIPT_KINDS.get(p.suffix.lower())
+    if runner is not None:
+        return p.parent, (runner, p.name, *args)
     return p, ("bash", "run.sh", *args)
 
 
@@ -182,6 +183,13 @@ class MadSession:
         self.executor, self.executor_why = self._choose_executor(options.executor)
         self.interrupts = Interrupts()
         self.names_seen: dict[str, Path] = {}
+        self._variants = VariantFinder(self.context, self.pool.vendor)
+
+    def variants(self, model: Model) -> tuple[list[Variant], list[str]]:
+        """The Dockerfiles ``model`` runs with (one item each), when the executor builds images."""
+        if not self.executor.uses_dockerfiles(self.context):
+            return [], []
+        return self._variants(model)
 
     def _choose_executor(self, name: str) -> tuple[Executor, str]:
         from .executors.local import LocalExecutor
@@ -230,20 +238,26 @@ class MadSession:
         return None
 
     def log_path(self, model_name: str) -> Path:
+        """``mad_logs/<model>.log`` (``<item name>`` when a model runs with several Dockerfiles)."""
         rel = safe_relpath(model_name)
         return self.options.log_dir / rel.parent / f"{rel.name}.log"
 
-    def base_result(self, model: Model, extra_args: Sequence[str]) -> ModelResult:
+    def base_result(self, model: Model, extra_args: Sequence[str], item_name: str | None = None) -> ModelResult:
         args = " ".join([model.args, shlex.join(extra_args)]).strip()
         return ModelResult(
             model=model.name, status=FAILURE, executor=self.executor.name, tags=model.tags,
             n_gpus=model.n_gpus, args=args, dockerfile=model.dockerfile,
             gpu_architecture=self.arch, training_precision=model.training_precision,
-            dataname=model.data, log=str(self.log_path(model.name)),
+            dataname=model.data, log=str(self.log_path(item_name or model.name)),
         )
 
-    def run_model(self, model: Model, extra_args: Sequence[str], live: Any = None) -> ModelResult:
-        result = self.base_result(model, extra_args)
+    def run_model(self, model: Model, extra_args: Sequence[str], live: Any = None,
+                  variant: Variant | None = None, item_name: str | None = None) -> ModelResult:
+        item_name = item_name or model.name
+        result = self.base_result(model, extra_args, item_name)
+        if model.raw.get("additional_docker_run_options") and self.executor.name == "docker":
+            result.properties["additional_docker_run_options"] = docker_run_options.masked(
+                str(model.raw["additional_docker_run_options"]))
         if self.interrupts.interrupted:
             result.reason = "not run: the session was interrupted (Ctrl-C or SIGTERM)"
             return result
@@ -267,13 +281,17 @@ class MadSession:
             result.reason = f"{model.name} {exc}"
             return result
         folder, argv = script_argv(model.scripts, args)
-        run_dir = (self.options.work_dir / flat_name(model.name)).resolve()
-        # Results of an earlier run must never be read as this run's: start from an empty folder.
-        shutil.rmtree(run_dir, ignore_errors=True)
-        source_dir = (model.base_dir / folder).resolve()
-        shutil.copytree(source_dir, run_dir, symlinks=False, ignore=self._copy_ignore(source_dir))
-        sink = OutputSink(self.log_path(model.name), live=live)
+        run_dir = (self.options.work_dir / flat_name(item_name)).resolve()
+        source_dir = Path(os.path.normpath(model.base_dir / folder))
+        sink = OutputSink(self.log_path(item_name), live=live)
         result.log = str(sink.log_path)
+        try:
+            copy_script_folder(source_dir, run_dir, bounds=path_bounds(model.source, self.options.root),
+                               skip=(self.options.work_dir, self.options.log_dir), note=sink.note)
+        except (ExecutorError, OSError) as exc:
+            sink.close()
+            result.reason = f"cannot prepare the run folder {run_dir}: {exc}"
+            return result
         stale = run_dir / model.multiple_results if model.multiple_results else None
         if stale is not None and stale.is_file():  # left in the script's folder by an earlier run
             stale.unlink()
@@ -285,7 +303,7 @@ class MadSession:
             # Guarded from the GPU wait on: a signal then cancels the wait or the run, never loses the row.
             with self.interrupts.guard() as cancel:
                 outcome = self._allocate_and_run(model, argv, run_dir, timeout, n, waits, sink, result,
-                                                 node, cancel)
+                                                 node, cancel, variant)
         except ExecutorError as exc:
             outcome = RunOutcome(None, 0.0, problem=str(exc))
         finally:
@@ -312,7 +330,7 @@ class MadSession:
 
     def _allocate_and_run(self, model: Model, argv: tuple[str, ...], run_dir: Path, timeout: float | None,
                           n: int, waits: WaitNotes, sink: OutputSink, result: ModelResult,
-                          node: NodeRun | None, cancel: Cancel) -> RunOutcome:
+                          node: NodeRun | None, cancel: Cancel, variant: Variant | None = None) -> RunOutcome:
         def on_wait(elapsed: float) -> None:
             if cancel:
                 raise GpuWaitCancelled(elapsed)
@@ -333,6 +351,7 @@ class MadSession:
                     run_dir=run_dir, workspace=self.options.root.resolve(), timeout=timeout, gpus=ids,
                     gpu_vendor=self.pool.vendor, use_gpu_devices=self.pool.uses_devices,
                     context=self.run_context, run_id=self.run_id,
+                    dockerfile=variant.dockerfile if variant is not None else None,
                 )
                 sink.note(f"model {model.name}: {shlex.join(argv)} in {run_dir} (executor {self.executor.name}, "
                           f"timeout {f'{timeout:g} s' if timeout else 'none'}, GPUs {list(ids)})")
@@ -349,16 +368,6 @@ class MadSession:
         except GpuWaitCancelled as stop:
             sink.note(f"interrupted while waiting {stop.args[0]:.0f} s for {n} GPUs")
             return RunOutcome(None, 0.0, interrupted=True)
-
-    def _copy_ignore(self, source: Path) -> Any:
-        """What never goes into a run folder: our own output folders (a script at the checkout
-        root would otherwise copy mad_work into itself) and version-control data."""
-        skip = {p.resolve() for p in (self.options.work_dir, self.options.log_dir)}
-
-        def ignore(folder: str, names: list[str]) -> set[str]:
-            return {name for name in names if name == ".git" or (Path(folder) / name).resolve() in skip}
-
-        return ignore
 
     @contextmanager
     def allocate(self, n: int, on_wait: Any = None) -> Iterator[tuple[int, ...]]:

@@ -29,6 +29,7 @@ class RunSpec:
     use_gpu_devices: bool
     context: Context
     run_id: str
+    dockerfile: Path | None = None  # the Dockerfile this item builds, pinned at collection
 
 
 @dataclass
@@ -59,6 +60,10 @@ class Executor(ABC):
     def describe(self) -> str:
         """One line for the run header."""
         return self.name
+
+    def uses_dockerfiles(self, context: Context) -> bool:
+        """Whether runs build the model's Dockerfile: then a model runs once per matching one."""
+        return False
 
     @abstractmethod
     def plan(self, spec: RunSpec) -> dict[str, Any]:

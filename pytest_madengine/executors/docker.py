@@ -12,7 +12,7 @@ the image name, build context and args, the container's command, mounts, devices
 2. base image: a ``BASE_DOCKER`` that is not present locally is pulled first, after a
    ``client.login`` with credentials from ``credential.json`` / ``MAD_DOCKERHUB_*``.
 3. container: started detached with madengine's conventions (workspace at ``/myworkspace``,
-   the run folder at ``/myworkspace/run_directory`` as working dir, host network and IPC,
+   the run folder reached through it as working dir, host network and IPC,
    root, SYS_PTRACE, no seccomp, GPU devices); output streamed line by line into the sink;
    waited for in short slices against the deadline and the Cancel flag.
 4. cleanup: the container is removed on every path unless ``--mad-keep-alive``; ``close()``
@@ -25,6 +25,7 @@ found and removed by label, never by name pattern.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -39,7 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import dockerfiles, registry
+from .. import docker_run_options as run_options
+from .. import dockerfiles, livelogs, registry
 from ..errors import ExecutorError
 from ..output import MAX_LINE, OutputSink
 from .base import Cancel, Executor, RunOutcome, RunSpec
@@ -55,7 +57,6 @@ LABEL_KEEP_ALIVE = f"{LABEL}.keep-alive"
 
 HASH_SCHEMA = "pytest-madengine build inputs v1"
 WORKSPACE_MOUNT = "/myworkspace"
-RUN_DIR_MOUNT = "/myworkspace/run_directory"
 EXIT_CODE_FILE = ".mad-exit-code"  # keep-alive: the script's exit code, written by the wrapper
 KEEP_ALIVE_MARK = "[pytest-madengine] script exited with status"
 DOCKERFILE_IN_TAR = ".pytest-madengine.Dockerfile"
@@ -73,8 +74,9 @@ BUILD_TAIL_LINES = 15
 # positional arguments, never a shell string); its status goes to a file in the run folder.
 KEEP_ALIVE_SCRIPT = (
     'status=0; "$@" || status=$?; '
-    f'echo "$status" > {RUN_DIR_MOUNT}/{EXIT_CODE_FILE}.tmp && '
-    f'mv {RUN_DIR_MOUNT}/{EXIT_CODE_FILE}.tmp {RUN_DIR_MOUNT}/{EXIT_CODE_FILE}; '
+    # relative: the wrapper's cwd is the run folder, whatever the script does with its own
+    f'echo "$status" > {EXIT_CODE_FILE}.tmp && '
+    f'mv {EXIT_CODE_FILE}.tmp {EXIT_CODE_FILE}; '
     f'echo "{KEEP_ALIVE_MARK} $status; container kept alive"; '
     "while :; do sleep 3600; done"
 )
@@ -172,6 +174,9 @@ class ContainerPlan:
     user: str = "root"
     cap_add: list[str] = field(default_factory=lambda: ["SYS_PTRACE"])
     security_opt: list[str] = field(default_factory=lambda: ["seccomp=unconfined"])
+    # The model card's additional_docker_run_options, parsed: applied last, as madengine
+    # appends them to its `docker run` line (so they win over what comes before).
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def run_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``client.containers.run(detach=True, ...)``."""
@@ -192,6 +197,8 @@ class ContainerPlan:
             kw["device_requests"] = [DeviceRequest(**self.gpu_request)]
         if self.cpuset_cpus:
             kw["cpuset_cpus"] = self.cpuset_cpus
+        if self.extra:
+            kw = run_options.merge_into(kw, self.extra)
         return kw
 
 
@@ -214,7 +221,11 @@ def plan_build(spec: RunSpec) -> BuildPlan:
     prebuilt = str(ctx.get("MAD_CONTAINER_IMAGE") or "")
     if prebuilt:
         return BuildPlan(prebuilt, "", None, "", {}, prebuilt, registry.registry_of(prebuilt), prebuilt=True)
-    chosen = dockerfiles.select(spec.model.dockerfile_prefix, ctx, spec.gpu_vendor, model=spec.model.name)
+    if spec.dockerfile is not None:  # pinned at collection: one of several matching files
+        chosen = dockerfiles.Candidate(spec.dockerfile, dockerfiles.parse_header(dockerfiles.read_head(spec.dockerfile),
+                                                                                spec.dockerfile))
+    else:
+        chosen = dockerfiles.select(spec.model.dockerfile_prefix, ctx, spec.gpu_vendor, model=spec.model.name)
     path = chosen.path.resolve()
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -238,9 +249,28 @@ def plan_build(spec: RunSpec) -> BuildPlan:
 _CONTAINER_BAD = re.compile(r"[^a-zA-Z0-9_.-]+")
 
 
-def container_name(model: str, run_id: str) -> str:
-    slug = _CONTAINER_BAD.sub("_", model.replace("/", "_")).strip("_.-")[:80] or "model"
-    return f"mad_{slug}_{run_id}"
+def container_name(image: str) -> str:
+    """madengine's ``container_<image>`` (``container_ci-<model>_<dockerfile stem>``): users'
+    ``docker exec``/``docker ps`` habits are built on it. ``/`` and ``:`` of a registry
+    reference become ``_``; a digest is dropped."""
+    ref = image.split("@", 1)[0]
+    slug = _CONTAINER_BAD.sub("_", ref.replace("/", "_").replace(":", "_")).strip("_.-")[:200] or "model"
+    return f"container_{slug}"
+
+
+def container_workdir(spec: RunSpec) -> tuple[str, dict[str, dict[str, str]]]:
+    """(working dir, extra mounts) for the run folder. madengine runs scripts in
+    ``/myworkspace/run_directory``; a separate mount there would make Docker create an empty
+    ``run_directory/`` in the checkout (the mount point, inside the workspace's bind mount).
+    So a run folder inside the checkout is reached through the workspace mount, and one
+    outside it is mounted at its own host path."""
+    run_dir = Path(os.path.abspath(spec.run_dir))
+    workspace = Path(os.path.abspath(spec.workspace))
+    try:
+        rel = run_dir.relative_to(workspace)
+    except ValueError:
+        return str(run_dir), {str(run_dir): {"bind": str(run_dir), "mode": "rw"}}
+    return f"{WORKSPACE_MOUNT}/{rel.as_posix()}", {}
 
 
 def pid_namespace() -> str:
@@ -295,16 +325,15 @@ def process_start(pid: int) -> str:
 def plan_container(spec: RunSpec, image: str, *, name: str, keep_alive: bool) -> ContainerPlan:
     ctx = spec.context
     env = {str(k): str(v) for k, v in spec.env.items()}
+    working_dir, run_mounts = container_workdir(spec)
     volumes: dict[str, dict[str, str]] = {
-        str(spec.workspace): {"bind": WORKSPACE_MOUNT, "mode": "rw"},
-        str(spec.run_dir): {"bind": RUN_DIR_MOUNT, "mode": "rw"},
+        os.path.abspath(spec.workspace): {"bind": WORKSPACE_MOUNT, "mode": "rw"}, **run_mounts,
     }
     for target, host in ctx.dict_of("docker_mounts").items():
         target = str(target)
         if not target.startswith("/"):
             raise ExecutorError(f"context docker_mounts: container path {target!r} must be absolute")
-        host_path = Path(str(host))
-        host_path = host_path if host_path.is_absolute() else spec.workspace / host_path
+        host_path = Path(os.path.abspath(os.path.join(spec.workspace, str(host))))  # as the mount table shows it
         if not host_path.exists():
             # Docker would create an empty root-owned folder and the script would run on nothing.
             raise ExecutorError(f"context docker_mounts: host path {host_path} (for {target}) does not exist")
@@ -321,6 +350,16 @@ def plan_container(spec: RunSpec, image: str, *, name: str, keep_alive: bool) ->
         # The container sees only the requested GPUs, numbered from 0.
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(spec.gpus)))
     cpus = ctx.get("docker_cpus")
+    raw_options = spec.model.raw.get("additional_docker_run_options")
+    extra: dict[str, Any] = {}
+    if raw_options:
+        try:
+            extra = run_options.parse(str(raw_options), os.environ).sdk_kwargs()
+        except run_options.DockerRunOptionsError as exc:
+            raise ExecutorError(f"{spec.model.source} entry '{spec.model.name}': field {exc}") from None
+        if "name" in extra or "working_dir" in extra:
+            raise ExecutorError(f"{spec.model.source} entry '{spec.model.name}': additional_docker_run_options "
+                                "may not set the container's name or working dir")
     command = list(spec.argv)
     if keep_alive:
         command = ["bash", "-c", KEEP_ALIVE_SCRIPT, "mad-keep-alive", *command]
@@ -331,9 +370,10 @@ def plan_container(spec: RunSpec, image: str, *, name: str, keep_alive: bool) ->
     if keep_alive:
         labels[LABEL_KEEP_ALIVE] = "1"
     return ContainerPlan(
-        name=name, image=image, command=command, working_dir=RUN_DIR_MOUNT, environment=env,
+        name=name, image=image, command=command, working_dir=working_dir, environment=env,
         volumes=volumes, devices=devices, group_add=group_add, gpu_request=gpu_request,
         cpuset_cpus=str(cpus) if cpus not in (None, "") else None, labels=labels, keep_alive=keep_alive,
+        extra=extra,
     )
 
 
@@ -627,11 +667,14 @@ class DockerExecutor(Executor):
     def describe(self) -> str:
         return f"docker ({docker_host()})"
 
+    def uses_dockerfiles(self, context: Any) -> bool:
+        return not context.get("MAD_CONTAINER_IMAGE")
+
     # -- plan
 
     def plan(self, spec: RunSpec) -> dict[str, Any]:
         build = plan_build(spec)
-        name = container_name(spec.model.name, spec.run_id)
+        name = container_name(build.image)
         container = plan_container(spec, build.image, name=name, keep_alive=bool(self.options.keep_alive))
         return {"executor": self.name, "build": asdict(build), "container": asdict(container)}
 
@@ -665,7 +708,7 @@ class DockerExecutor(Executor):
         props: dict[str, Any] = {"docker_image": build.image, "base_docker": build.base_docker}
         if build.dockerfile:
             props["dockerfile"] = self._rel(Path(build.dockerfile), spec.workspace)
-        name = self._unique_name(container_name(spec.model.name, spec.run_id))
+        name = self._unique_name(container_name(build.image))
         try:
             plan = plan_container(spec, build.image, name=name, keep_alive=bool(self.options.keep_alive))
         except ExecutorError as exc:
@@ -680,6 +723,10 @@ class DockerExecutor(Executor):
         build_log_path = sink.log_path.with_name(sink.log_path.name[: -len(".log")] + ".build.log") \
             if sink.log_path.name.endswith(".log") else sink.log_path.with_name(sink.log_path.name + ".build.log")
         props["build_log"] = str(build_log_path)
+        if build.dockerfile:
+            stem = dockerfiles.dockerfile_stem(Path(build.dockerfile))
+            for phase, target in (("build", build_log_path), ("run", sink.log_path), ("", sink.log_path)):
+                livelogs.link(spec.workspace, livelogs.live_log_name(spec.model.name, stem, phase), target)
         try:
             img = self.ensure_image(client, spec, build, build_log_path, sink, cancel)
         except BuildFailed as exc:
@@ -1054,16 +1101,28 @@ class DockerExecutor(Executor):
             exit_file.unlink(missing_ok=True)
         sink.note(f"container {plan.name}: image {plan.image}, command {plan.command}, cwd {plan.working_dir}")
         start = time.monotonic()
-        try:
-            container = client.containers.run(**plan.run_kwargs())
-        except APIError as exc:
-            self._remove(client, plan.name)
-            return RunOutcome(None, 0.0, problem=f"cannot start container {plan.name}: {api_message(exc)}")
-        except Exception as exc:  # noqa: BLE001
-            if _is_connection_error(exc):
-                self._drop_client()
-                return RunOutcome(None, 0.0, problem=str(daemon_error(exc)))
-            raise
+        base_name = plan.name
+        while True:
+            try:
+                container = client.containers.run(**plan.run_kwargs())
+                break
+            except APIError as exc:
+                if _name_taken(exc) and plan.name.rpartition("_")[2] != str(MAX_NAME_TRIES):
+                    # madengine's name is held by a live container (another checkout, a kept one):
+                    # never remove it; take the next free suffix and say so.
+                    tries = 1 if plan.name == base_name else int(plan.name.rpartition("_")[2])
+                    taken = plan.name
+                    plan = dataclasses.replace(plan, name=f"{base_name}_{tries + 1}")
+                    sink.note(f"container name {taken} is held by another container; using {plan.name}")
+                    continue
+                if not _name_taken(exc):
+                    self._remove(client, plan.name)
+                return RunOutcome(None, 0.0, problem=f"cannot start container {plan.name}: {api_message(exc)}")
+            except Exception as exc:  # noqa: BLE001
+                if _is_connection_error(exc):
+                    self._drop_client()
+                    return RunOutcome(None, 0.0, problem=str(daemon_error(exc)))
+                raise
         cid = container.id
         # The duration counts from creating the container; the timeout from its start.
         deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
@@ -1240,6 +1299,15 @@ class DockerExecutor(Executor):
                 pass
         finally:
             self._drop_client()
+
+
+MAX_NAME_TRIES = 50
+
+
+def _name_taken(exc: BaseException) -> bool:
+    """A create refused because another container has the name (HTTP 409)."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status == 409 and "already in use" in api_message(exc)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -11,6 +11,7 @@ Without a Docker daemon these tests skip, except under ``CI=true`` where they fa
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -158,7 +159,12 @@ def test_build_run_and_metrics(project: Project) -> None:
     res = project.run("--junitxml=junit.xml")
     res.assert_outcomes(passed=1)
     log = project.log(m)
-    assert "cwd=/myworkspace/run_directory" in log
+    assert f"cwd=/myworkspace/mad_work/{m}" in log  # through the workspace mount
+    assert not (project.path / "run_directory").exists()  # no mount point left in the checkout
+    stem = "base.ubuntu.any"
+    assert (project.path / f"{m}_{stem}.run.live.log").read_text() == log  # madengine's names, linked
+    assert (project.path / f"{m}_{stem}.build.live.log").resolve() == (project.path / "mad_logs" / f"{m}.build.log")
+    assert project.perf()[-1]["docker_image"] == f"ci-{m}_{stem}".lower()
     assert f"model={m} args=--batch 8" in log
     assert "in-container=yes" in log
     assert "workspace=/myworkspace/models.json" in log
@@ -249,25 +255,35 @@ def test_dockerfile_selected_by_context(project: Project) -> None:
     assert "which=amd" in project.log(m)
 
 
-def test_dockerfile_selection_errors(project: Project) -> None:
+def test_dockerfile_selection_errors_and_variants(project: Project) -> None:
     project.dockerfile("docker/two", "FROM scratch\n", header="{'gpu_vendor': 'AMD'}", variant="amd")
     project.dockerfile("docker/two", "FROM scratch\n", header="{'gpu_vendor': 'NVIDIA'}", variant="nvidia")
-    project.dockerfile("docker/dup", "FROM scratch\n", header="{'guest_os': 'UBUNTU'}", variant="a")
-    project.dockerfile("docker/dup", "FROM scratch\n", variant="b")
+    body = "ARG BASE_DOCKER\nFROM ${BASE_DOCKER}\n"
+    project.dockerfile("docker/dup", body + "ENV WHICH=a\n", header="{'guest_os': 'UBUNTU'}", variant="a")
+    project.dockerfile("docker/dup", body + "ENV WHICH=c\n", header="{'gpu_vendor': 'NONE'}", variant="c")
+    project.dockerfile("docker/dup", body + "ENV WHICH=b\n", variant="b")  # no header: passed over
     none = project.model("nomatch", "echo hi\n", dockerfile="docker/two")
-    dup = project.model("ambiguous", "echo hi\n", dockerfile="docker/dup")
+    dup = project.model("ambiguous", 'echo "which=$WHICH"\necho "performance: 1 x"\n', dockerfile="docker/dup")
     missing = project.model("missing", "echo hi\n", dockerfile="docker/nothere")
     good = project.model("good", PERF_SCRIPT)
-    res = project.run(context=project.context(guest_os="UBUNTU"))
-    res.assert_outcomes(passed=1, failed=3)
+    res = project.run("-rA", context=project.context(guest_os="UBUNTU"))
+    res.assert_outcomes(passed=3, failed=2)
     out = res.stdout.str()
     assert f"model '{none}': no Dockerfile matches the run context (gpu_vendor='NONE')" in out
     assert "two.amd.Dockerfile {'gpu_vendor': 'AMD'}" in out and "two.nvidia.Dockerfile" in out
-    assert f"model '{dup}': 2 Dockerfiles match the run context" in out
+    assert f"PASSED models.json::{dup}[a]" in out and f"PASSED models.json::{dup}[c]" in out
+    assert "dup.b.Dockerfile: no '# CONTEXT' header, passed over" in out  # a warning, in the summary
+    assert "which=a" in project.log(f"{dup}[a]") and "which=c" in project.log(f"{dup}[c]")
     assert f"model '{missing}': no Dockerfile for prefix" in out
     assert "Traceback" not in out
-    statuses = {r["model"]: r["status"] for r in project.perf()}
-    assert statuses == {none: "FAILURE", dup: "FAILURE", missing: "FAILURE", good: "SUCCESS"}
+    rows = {(r["model"], r["docker_file"]): r["status"] for r in project.perf()}
+    assert rows[(dup, "docker/dup.a.Dockerfile")] == rows[(dup, "docker/dup.c.Dockerfile")] == "SUCCESS"
+    # one item of several is selected by its full name
+    res = project.run(tags=f"{dup}[c]")
+    res.assert_outcomes(passed=1)
+    assert project.perf()[-1]["docker_file"] == "docker/dup.c.Dockerfile"
+    statuses = {r["model"]: r["status"] for r in project.perf() if r["model"] != dup}
+    assert statuses == {none: "FAILURE", missing: "FAILURE", good: "SUCCESS"}
 
 
 # ------------------------------------------------------------------ env, mounts, cpus, GPUs
@@ -527,7 +543,7 @@ def test_keep_alive_keeps_the_container_and_the_exit_code(project: Project) -> N
         [c] = project.containers(m)
         assert c.status == "running" and c.labels[dx.LABEL_KEEP_ALIVE] == "1"
         assert f"docker exec -it {c.name} bash" in project.log(m)
-        assert c.exec_run(["cat", f"{dx.RUN_DIR_MOUNT}/{dx.EXIT_CODE_FILE}"]).output.strip() in (b"0", b"5")
+        assert c.exec_run(["cat", dx.EXIT_CODE_FILE], workdir=c.attrs["Config"]["WorkingDir"]).output.strip() in (b"0", b"5")
     # a later run's orphan sweep leaves kept containers alone
     project.run(tags=ok).assert_outcomes(passed=1)
     assert len(project.containers(bad)) == 1
@@ -583,9 +599,8 @@ def _spec(tmp_path: Path, *, vendor: str = "AMD", gpus: tuple[int, ...] = (2, 3)
 def test_plan_amd_nvidia_and_no_devices(tmp_path: Path) -> None:
     amd = dx.plan_container(_spec(tmp_path), "img", name="n", keep_alive=False)
     assert amd.devices == ["/dev/kfd:/dev/kfd:rwm", "/dev/dri:/dev/dri:rwm"] and amd.group_add == ["video"]
-    assert amd.command == ["bash", "run.sh", "--x", "a b"] and amd.working_dir == "/myworkspace/run_directory"
-    assert amd.volumes[str(tmp_path)] == {"bind": "/myworkspace", "mode": "rw"}
-    assert amd.volumes[str(tmp_path / "run")] == {"bind": "/myworkspace/run_directory", "mode": "rw"}
+    assert amd.command == ["bash", "run.sh", "--x", "a b"] and amd.working_dir == "/myworkspace/run"
+    assert amd.volumes == {str(tmp_path): {"bind": "/myworkspace", "mode": "rw"}}  # no mount point in the checkout
     assert (amd.network_mode, amd.ipc_mode, amd.user) == ("host", "host", "root")
     assert amd.cap_add == ["SYS_PTRACE"] and amd.security_opt == ["seccomp=unconfined"]
     assert amd.labels[dx.LABEL_RUN_ID] == "r1" and amd.labels[dx.LABEL_MODEL] == "org/m"
@@ -599,8 +614,18 @@ def test_plan_amd_nvidia_and_no_devices(tmp_path: Path) -> None:
     assert kept.cpuset_cpus == "0-3" and kept.labels[dx.LABEL_KEEP_ALIVE] == "1"
 
 
-def test_container_names_are_valid(tmp_path: Path) -> None:
-    assert dx.container_name("org/Model name+x", "abc") == "mad_org_Model_name_x_abc"
+def test_container_names_are_madengines(tmp_path: Path) -> None:
+    assert dx.container_name("ci-org_model_x.ubuntu.amd") == "container_ci-org_model_x.ubuntu.amd"
+    assert dx.container_name("reg:5000/ns/img:tag@sha256:ab") == "container_reg_5000_ns_img_tag"
+    assert dx.container_name("a b+c") == "container_a_b_c"
+
+
+def test_a_run_folder_outside_the_checkout_is_mounted_at_its_own_path(tmp_path: Path) -> None:
+    spec = _spec(tmp_path / "ws")
+    spec = dataclasses.replace(spec, run_dir=tmp_path / "elsewhere" / ".." / "work" / "m")
+    plan = dx.plan_container(spec, "img", name="n", keep_alive=False)
+    assert plan.working_dir == str(tmp_path / "work" / "m")
+    assert plan.volumes[str(tmp_path / "work" / "m")] == {"bind": str(tmp_path / "work" / "m"), "mode": "rw"}
 
 
 def test_line_splitter_bounds_lines() -> None:

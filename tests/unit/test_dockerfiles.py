@@ -125,12 +125,31 @@ def test_no_match_lists_candidates_headers_and_context(tmp_path: Path) -> None:
     assert "--mad-context" in msg
 
 
-def test_several_matches_are_an_error(tmp_path: Path) -> None:
+def test_select_without_a_pin_refuses_several_matches(tmp_path: Path) -> None:
     write(tmp_path, "docker/d.ubuntu.amd.Dockerfile", AMD)
-    write(tmp_path, "docker/d.any.Dockerfile", "FROM x\n")
-    with pytest.raises(DockerfileError, match=r"2 Dockerfiles match the run context .*d\.any\.Dockerfile "
-                                              r"\(no CONTEXT header: matches any context\)"):
+    write(tmp_path, "docker/d.v2.ubuntu.amd.Dockerfile", AMD)
+    with pytest.raises(DockerfileError, match=r"2 Dockerfiles match the run context .*d\.v2\.ubuntu\.amd"):
         dockerfiles.select(tmp_path / "docker/d", {"guest_os": "UBUNTU"}, "AMD")
+
+
+def test_every_matching_dockerfile_is_chosen_and_headerless_ones_pass_over(tmp_path: Path) -> None:
+    write(tmp_path, "docker/d.ctx2a.ubuntu.amd.Dockerfile", "# CONTEXT {'gpu_vendor': 'AMD', 'ctx_test': '2'}\n")
+    write(tmp_path, "docker/d.ctx2b.ubuntu.amd.Dockerfile", "#CONTEXT {\"ctx_test\": \"2\"}\n")
+    write(tmp_path, "docker/d.ctx1.ubuntu.amd.Dockerfile", "# CONTEXT {'ctx_test': '1'}\n")
+    write(tmp_path, "docker/d.any.Dockerfile", "FROM x\n")
+    m = dockerfiles.matching(tmp_path / "docker/d", {"ctx_test": 2}, "AMD")
+    assert [c.path.name for c in m.chosen] == ["d.ctx2a.ubuntu.amd.Dockerfile", "d.ctx2b.ubuntu.amd.Dockerfile"]
+    assert [c.path.name for c in m.passed_over] == ["d.any.Dockerfile"]
+    labels = [dockerfiles.variant_label(tmp_path / "docker/d", c.path) for c in m.chosen]
+    assert labels == ["ctx2a.ubuntu.amd", "ctx2b.ubuntu.amd"]
+    assert dockerfiles.dockerfile_stem(m.chosen[0].path) == "d.ctx2a.ubuntu.amd"
+
+
+def test_a_sole_headerless_dockerfile_is_used(tmp_path: Path) -> None:
+    write(tmp_path, "docker/plain.Dockerfile", "FROM x\n")
+    m = dockerfiles.matching(tmp_path / "docker/plain", {"gpu_vendor": "AMD"}, "AMD")
+    assert [c.path.name for c in m.chosen] == ["plain.Dockerfile"] and not m.passed_over
+    assert dockerfiles.variant_label(tmp_path / "docker/plain", m.chosen[0].path) == "plain"
 
 
 def test_no_candidate_at_all(tmp_path: Path) -> None:

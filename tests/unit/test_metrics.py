@@ -11,9 +11,12 @@ import pytest
 
 from pytest_madengine.errors import MetricsError, UsageError
 from pytest_madengine.metrics import (
+    EXTRA_PREFIX,
     HF_METRIC,
     MADENGINE_HF_PATTERN,
     MADENGINE_PERFORMANCE_PATTERN,
+    PERF_CSV_COLUMNS,
+    RESERVED_EXTRA_NAMES,
     Aggregate,
     PerfLine,
     PerfScanner,
@@ -24,8 +27,10 @@ from pytest_madengine.metrics import (
     direction,
     find_performance_lines,
     hf_fallback,
+    is_reserved_extra_name,
     parse_multiple_results,
     parse_number,
+    safe_extra,
 )
 
 
@@ -400,6 +405,68 @@ def test_multiple_results_extra_columns_kept_in_order(tmp_path):
     row = parse_multiple_results(p, "m")[0]
     assert row.name == "m_a"
     assert list(row.extra.items()) == [("batch_size", "8"), ("dtype", "fp16")]  # empty header dropped
+
+
+def test_multiple_results_extra_columns_values_are_text(tmp_path):
+    p = write(tmp_path, "model,performance,metric,batch_size,seq_len,latency_ms,note\n"
+                        'a,1,x,0032,1e3,-1.50,"=HYPERLINK(""x"")"\nb,2,x,,  , nan,\n')
+    a, b = parse_multiple_results(p, "m")
+    assert list(a.extra.items()) == [("batch_size", "0032"), ("seq_len", "1e3"), ("latency_ms", "-1.50"),
+                                     ("note", '=HYPERLINK("x")')]
+    assert dict(b.extra) == {"batch_size": "", "seq_len": "", "latency_ms": "nan", "note": ""}
+
+
+def test_multiple_results_extra_names_stripped(tmp_path):
+    p = write(tmp_path, "model,performance,metric,  batch_size\t,\tseq len \na,1,x,8,128\n")
+    assert list(parse_multiple_results(p, "m")[0].extra) == ["batch_size", "seq len"]
+
+
+def test_multiple_results_clashing_columns_are_prefixed(tmp_path):
+    p = write(tmp_path, "model,performance,metric,status,n_gpus, tags ,baseline,delta_pct,metric:p50,bs\n"
+                        "a,1,x,weird,99,t,b,d,5,8\n")
+    row = parse_multiple_results(p, "m")[0]
+    assert list(row.extra.items()) == [
+        ("mr_status", "weird"), ("mr_n_gpus", "99"), ("mr_tags", "t"), ("mr_baseline", "b"),
+        ("mr_delta_pct", "d"), ("mr_metric:p50", "5"), ("bs", "8")]
+
+
+def test_multiple_results_clash_with_a_prefixed_column_prefixes_again(tmp_path):
+    p = write(tmp_path, "model,performance,metric,mr_status,status\na,1,x,1,2\n")
+    assert dict(parse_multiple_results(p, "m")[0].extra) == {"mr_status": "1", "mr_mr_status": "2"}
+
+
+def test_reserved_names_cover_perf_csv_and_per_row_junit_keys():
+    assert set(PERF_CSV_COLUMNS) <= RESERVED_EXTRA_NAMES
+    assert {"performance", "metric", "baseline", "delta_pct", "baseline_note"} <= RESERVED_EXTRA_NAMES
+    assert is_reserved_extra_name("status") and is_reserved_extra_name("performance:p99")
+    assert not is_reserved_extra_name("batch_size") and not is_reserved_extra_name("p50:metric")
+    assert EXTRA_PREFIX == "mr_"
+
+
+def test_reserved_names_cover_every_per_row_baseline_property():
+    from pytest_madengine import baseline
+    from pytest_madengine.result import SUCCESS, ModelResult, Row
+
+    rows = [Row("m_a", 1.0, "x", SUCCESS), Row("m_b", 1.0, "x", SUCCESS), Row("m_c", 1.0, "x", SUCCESS)]
+    r = ModelResult("m", SUCCESS, rows=rows)
+    entries = {"m_a": baseline.Entry("m_a", 2.0, "x"), "m_b": baseline.Entry("m_b", 2.0, "y")}
+    baseline.apply(r, baseline.compare(r, baseline.Baseline("b.csv", entries), 5.0))
+    heads = {k.partition(":")[0] for k in r.properties if ":" in k}
+    assert heads == {"baseline", "delta_pct", "baseline_note"} and heads <= RESERVED_EXTRA_NAMES
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ({}, {}),
+    ({" a ": "1", "": "2", "  ": "3", "b": "4"}, {"a": "1", "b": "4"}),
+    ({"model": "x", "mr_model": "y"}, {"mr_mr_model": "x", "mr_model": "y"}),
+    ({"mr_model": "y", "model": "x"}, {"mr_model": "y", "mr_mr_model": "x"}),
+    ({"a": "1", " a": "2"}, {"a": "1", "mr_a": "2"}),
+    ({"n": None, "k": 3}, {"n": "", "k": "3"}),
+])
+def test_safe_extra(extra, expected):
+    got = safe_extra(extra)
+    assert list(got.items()) == list(expected.items())
+    assert safe_extra(got) == got  # a fixed point
 
 
 def test_multiple_results_non_numeric_performance(tmp_path):

@@ -1,0 +1,1 @@
+FROM mad-base:bookworm

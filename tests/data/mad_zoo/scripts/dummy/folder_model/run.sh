@@ -1,0 +1,3 @@
+#!/bin/bash
+# A folder model: madengine runs run.sh inside it.
+echo "performance: 7 iterations_per_second"
