@@ -172,7 +172,8 @@ def validate(data: Mapping[str, Any]) -> list[str]:
         elif key not in KNOWN_KEYS:
             close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            warnings.append(f"unknown context key '{key}'{hint}")
+            warnings.append(f"unknown context key '{key}'{hint} (it still selects Dockerfiles whose "
+                            "'# CONTEXT' header names it)")
     return warnings
 
 

@@ -585,12 +585,20 @@ def _is_within(file: str, folder: str) -> bool:
     return file.startswith(folder + os.sep)
 
 
-def _entry_from_object(obj: Any) -> dict[str, Any]:
-    """madengine's CustomModel (or anything like it) -> a plain dict, as madengine does."""
+def _entry_from_object(obj: Any, scope: str | None = None) -> dict[str, Any]:
+    """madengine's CustomModel (or anything like it) -> a plain dict, as madengine does:
+    ``update_model()`` runs with the scoped name (``<dir>/<name>``) already set, and a name
+    it changes is ignored (madengine names the model before the call)."""
     if isinstance(obj, Mapping):
         return dict(obj)
+    name = getattr(obj, "name", None)
     update = getattr(obj, "update_model", None)
     if callable(update):
+        if scope and isinstance(name, str):
+            try:
+                obj.name = f"{scope}/{name}"
+            except AttributeError:
+                pass  # a frozen object: it sees its own name
         update()
     to_dict = getattr(obj, "to_dict", None)
     if callable(to_dict):
@@ -601,7 +609,10 @@ def _entry_from_object(obj: Any) -> dict[str, Any]:
         raise TypeError(f"expected a dict or an object with to_dict(), got {type(obj).__name__}")
     if not isinstance(result, Mapping):
         raise TypeError(f"to_dict() returned {type(result).__name__}, not a dict")
-    return dict(result)
+    out = dict(result)
+    if isinstance(name, str):
+        out["name"] = name
+    return out
 
 
 def load_generator_file(path: Path, *, scope: str, bounds: Sequence[Path] | None = None,
@@ -644,7 +655,7 @@ def load_generator_file(path: Path, *, scope: str, bounds: Sequence[Path] | None
             raise ModelsFileError(f"{label}: list_models() result cannot be iterated: {_one_line(exc)}") from exc
         for index, obj in enumerate(items):
             try:
-                entries.append(_entry_from_object(obj))
+                entries.append(_entry_from_object(obj, scope))
             except Exception as exc:  # noqa: BLE001  # user code: any failure breaks this entry only
                 name = getattr(obj, "name", None)
                 name = name if isinstance(name, str) and name.strip() else None

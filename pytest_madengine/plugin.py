@@ -68,8 +68,8 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def _options(config: pytest.Config) -> Options:
     root = Path(config.invocation_params.dir)
     opt = config.getoption
-    def under_root(p: str) -> Path:
-        return Path(p) if os.path.isabs(p) else root / p
+    def under_root(p: str) -> Path:  # absolute and normalised: the form a mount table shows
+        return Path(os.path.normpath(os.path.join(root, p)))
     return Options(
         root=root, executor=opt("mad_executor"), log_dir=under_root(opt("mad_log_dir")),
         work_dir=under_root(opt("mad_work_dir")), timeout=opt("mad_timeout"),

@@ -76,7 +76,7 @@ def perf_rows(result: ModelResult, meta: Mapping[str, str]) -> list[dict[str, st
         "base_docker": result.base_docker,
         "docker_sha": str(props.get("docker_sha", "")),
         "docker_image": result.image,
-        "git_commit": meta.get("git_commit", ""),
+        "git_commit": str(props.get("git_commit") or meta.get("git_commit", "")),  # the model's clone, else the checkout
         "machine_name": meta.get("machine_name", ""),
         "deployment_type": result.executor,
         "launcher": str(props.get("launcher", "")),

@@ -24,13 +24,15 @@ def inside(path: str, bounds: Iterable[Path]) -> bool:
 
 
 def copy_script_folder(source: Path, dest: Path, *, bounds: tuple[Path, ...], skip: Iterable[Path],
-                       note: Callable[[str], None]) -> None:
-    """Copy ``source`` into a fresh ``dest``; symlinks followed only inside ``bounds``;
-    ``skip`` (our own output folders) and version-control data left out."""
+                       note: Callable[[str], None], fresh: bool = True) -> None:
+    """Copy ``source`` into ``dest`` (emptied first unless ``fresh`` is False: a clone is
+    already there); symlinks followed only inside ``bounds``; ``skip`` (our own output
+    folders) and version-control data left out."""
     if not inside(str(source), bounds):
         raise ExecutorError(f"script folder {source} leads outside {' or '.join(map(str, bounds))}")
     skipped = {os.path.realpath(p) for p in skip}
-    shutil.rmtree(dest, ignore_errors=True)  # results of an earlier run must never be read as this run's
+    if fresh:
+        shutil.rmtree(dest, ignore_errors=True)  # results of an earlier run must never be read as this run's
 
     def copy_dir(src: str, dst: str, seen: frozenset[str]) -> None:
         os.makedirs(dst, exist_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import threading
 import uuid
@@ -18,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from . import context as context_mod
-from . import docker_run_options
+from . import docker_run_options, gitclone, registry
 from . import gpus as gpus_mod
 from . import multinode as multinode_mod
 from .context import Context
-from .errors import ExecutorError, UsageError
+from .errors import ExecutorError, MadError, UsageError
 from .executors.base import Cancel, Executor, RunOutcome, RunSpec
 from .launchers import torchrun
 from .models import SCRIPT_KINDS, Model, path_bounds
@@ -34,6 +35,7 @@ from .scheduling import WaitNotes
 from .variants import Variant, VariantFinder
 
 DEFAULT_TIMEOUT_S = 7200
+CLONE_TIMEOUT_S = 600.0  # a model's `url` clone (madengine: 240 s); large repositories with submodules need more
 
 
 @dataclass(frozen=True)
@@ -286,11 +288,15 @@ class MadSession:
         sink = OutputSink(self.log_path(item_name), live=live)
         result.log = str(sink.log_path)
         try:
+            shutil.rmtree(run_dir, ignore_errors=True)  # an earlier run's results must never be read as this run's
+            if model.url:  # madengine clones the model's repository and runs the script from its root
+                result.properties["git_commit"] = self._clone(model, run_dir, sink)
             copy_script_folder(source_dir, run_dir, bounds=path_bounds(model.source, self.options.root),
-                               skip=(self.options.work_dir, self.options.log_dir), note=sink.note)
-        except (ExecutorError, OSError) as exc:
+                               skip=(self.options.work_dir, self.options.log_dir), note=sink.note, fresh=False)
+        except (MadError, OSError) as exc:
             sink.close()
             result.reason = f"cannot prepare the run folder {run_dir}: {exc}"
+            result.tail = sink.tail()
             return result
         stale = run_dir / model.multiple_results if model.multiple_results else None
         if stale is not None and stale.is_file():  # left in the script's folder by an earlier run
@@ -368,6 +374,19 @@ class MadSession:
         except GpuWaitCancelled as stop:
             sink.note(f"interrupted while waiting {stop.args[0]:.0f} s for {n} GPUs")
             return RunOutcome(None, 0.0, interrupted=True)
+
+    def _clone(self, model: Model, run_dir: Path, sink: OutputSink) -> str:
+        """Clone ``model.url`` into ``run_dir`` (submodules too, credentials from
+        ``credential.json`` by the card's ``cred`` or the host, never in argv or logs);
+        the commit, for perf.csv's ``git_commit``."""
+        entries, _ = registry.load_credentials(self.options.root.resolve())
+        cred = gitclone.credential_for(model.url, str(model.raw.get("cred") or ""), entries)
+        plan = gitclone.clone_plan(model.url, run_dir, credential=cred)
+        sink.note(f"clone: {plan.render()} (deadline {CLONE_TIMEOUT_S:g} s)")
+        done = gitclone.run_clone(plan, deadline_s=CLONE_TIMEOUT_S, log=sink.note,
+                                  cancel=lambda: bool(self.interrupts.cancel))
+        sink.note(f"cloned {model.url if cred is None else plan.render()} at {done.commit}")
+        return done.commit
 
     @contextmanager
     def allocate(self, n: int, on_wait: Any = None) -> Iterator[tuple[int, ...]]:

@@ -1,1 +1,31 @@
+"""Marks every test with its layer (``unit``, ``e2e``) and its component, so a change can be
+checked on its own slice first: ``pytest tests -m checkout``, ``-m "unit and docker"``."""
+
+from __future__ import annotations
+
+import pytest
+
 pytest_plugins = ["pytester"]
+
+# test file name (without test_ and .py) -> component markers
+COMPONENTS = {
+    "core": ("core",), "core_pure": ("core",), "models": ("core",), "registry": ("docker",),
+    "docker": ("docker",), "docker_multinode": ("docker", "multinode"), "dockerfiles": ("docker",),
+    "docker_run_options": ("docker",), "multinode": ("multinode",), "parallel": ("parallel",),
+    "parallel_pure": ("parallel",), "slurm": ("slurm",), "slurm_args": ("slurm",), "slurm_batch": ("slurm",),
+    "slurm_executor": ("slurm",), "slurm_poller": ("slurm",), "slurm_records": ("slurm",),
+    "real_checkout": ("checkout",), "checkout_paths": ("checkout",), "gitclone": ("checkout",),
+    "metrics": ("results",), "report_columns": ("results",),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = item.path.parts
+        if "tests" not in parts:
+            continue
+        layer = parts[parts.index("tests") + 1] if len(parts) > parts.index("tests") + 1 else ""
+        if layer in ("unit", "e2e"):
+            item.add_marker(layer)
+        for name in COMPONENTS.get(item.path.stem.removeprefix("test_"), ()):
+            item.add_marker(name)

@@ -46,7 +46,8 @@ class TestContext:
 
     def test_unknown_key_suggests(self):
         _, warnings = ctx_mod.build([("text", "{'docker_env_var': {}}")])
-        assert warnings == ["unknown context key 'docker_env_var'; did you mean 'docker_env_vars'?"]
+        assert warnings == ["unknown context key 'docker_env_var'; did you mean 'docker_env_vars'? (it still selects "
+                            "Dockerfiles whose '# CONTEXT' header names it)"]
 
     def test_bad_values(self):
         with pytest.raises(ContextError, match="gpu_vendor"):
