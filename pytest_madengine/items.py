@@ -39,6 +39,13 @@ class ModelsFile(pytest.File):
         except ModelsFileError as exc:
             yield BrokenItem.from_parent(self, name="[unreadable]", message=str(exc), tags=(), scope=None)
             return
+        deployed = [m.name for m in loaded.models if m.raw.get("distributed") or m.raw.get("slurm")]
+        if deployed:
+            shown = ", ".join(deployed[:5]) + (f" and {len(deployed) - 5} more" if len(deployed) > 5 else "")
+            self.warn(MadWarning(
+                f"{self.path}: the model card fields 'distributed' and 'slurm' ({shown}) are not acted on yet: "
+                "those models run like any other, on the executor this run uses (madengine 2.x would deploy them "
+                "with their launcher or as SLURM jobs)"))
         for model in loaded.models:
             duplicate = session.claim_name(model.name, self.path)
             if duplicate:
