@@ -46,8 +46,18 @@ class Baseline:
     path: str
     entries: Mapping[str, Entry]
 
-    def get(self, name: str) -> Entry | None:
+    def get(self, name: str, dockerfile: str = "") -> Entry | None:
+        """The row of that name; of that name and Dockerfile first, so that a model run with
+        several matching Dockerfiles compares each item with its own earlier result."""
+        if dockerfile:
+            own = self.entries.get(variant_key(name, dockerfile))
+            if own is not None:
+                return own
         return self.entries.get(name)
+
+
+def variant_key(name: str, dockerfile: str) -> str:
+    return f"{name}\0{dockerfile}"
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,8 @@ def _from_csv(text: str, path: Path) -> dict[str, Entry]:
             if status != SUCCESS or value is None or not row.get("model"):
                 continue
             entries[row["model"]] = Entry(row["model"], value, row.get("metric", ""))
+            if row.get("docker_file"):
+                entries[variant_key(row["model"], row["docker_file"])] = entries[row["model"]]
     except csv.Error as exc:
         raise BaselineError(f"--mad-baseline {path}: cannot parse as CSV: {exc}") from None
     return entries
@@ -117,6 +129,8 @@ def _from_junit(path: Path) -> dict[str, Entry]:
         for row in result.rows:
             if row.status == SUCCESS and row.performance is not None and math.isfinite(row.performance):
                 entries[row.name] = Entry(row.name, row.performance, row.metric)
+                if result.dockerfile:
+                    entries[variant_key(row.name, result.dockerfile)] = entries[row.name]
     return entries
 
 
@@ -165,7 +179,7 @@ def compare(result: ModelResult, baseline: Baseline, threshold_pct: float,
         if row.performance is None:
             continue
         way = resolve_direction(row.name, result.model, row.metric, context or {}, model_field)
-        entry = baseline.get(row.name)
+        entry = baseline.get(row.name, result.dockerfile)
         if entry is None:
             out.append(Comparison(row.name, row.metric, row.performance, None, way, None, False, "no baseline"))
             continue

@@ -161,3 +161,18 @@ def test_generated_models_see_their_scoped_name_in_update_model(tmp_path: Path) 
     assert by_name["gen/a"].args == "--seen gen/a"
     assert by_name["gen/b"].timeout == 7200 and by_name["gen/b"].n_gpus == -1  # CustomModel's defaults
     assert isinstance(by_name["gen/b"], Model)
+
+
+def test_a_baseline_compares_each_dockerfile_item_with_its_own_row(tmp_path: Path) -> None:
+    from pytest_madengine import baseline
+    from pytest_madengine.result import SUCCESS, ModelResult, Row
+
+    csv_path = tmp_path / "perf.csv"
+    csv_path.write_text("model,performance,metric,status,docker_file\n"
+                        "m,100,x_per_s,SUCCESS,docker/m.a.Dockerfile\n"
+                        "m,10,x_per_s,SUCCESS,docker/m.b.Dockerfile\n")
+    base = baseline.load(csv_path)
+    for dockerfile, regressed in (("docker/m.a.Dockerfile", True), ("docker/m.b.Dockerfile", False)):
+        result = ModelResult("m", SUCCESS, rows=[Row("m", 50.0, "x_per_s", SUCCESS)], dockerfile=dockerfile)
+        [cmp] = baseline.compare(result, base, 5.0)
+        assert cmp.regressed is regressed, dockerfile
