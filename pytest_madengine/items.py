@@ -8,16 +8,17 @@ from typing import Any
 import pytest
 
 from . import terminal
-from .errors import MadWarning, ModelsFileError
+from .errors import MadError, MadWarning, ModelsFileError
 from .models import BrokenEntry, Model, load_path
 from .result import SKIPPED, ModelResult
+from .session import MadSession, NotRunnable
 from .variants import Variant
 
-SESSION_KEY = pytest.StashKey["Any"]()
+SESSION_KEY = pytest.StashKey["MadSession"]()
 MARKER_NAMES: set[str] = set()
 
 
-def mad_session(config: pytest.Config) -> Any:
+def mad_session(config: pytest.Config) -> MadSession:
     return config.stash[SESSION_KEY]
 
 
@@ -96,6 +97,8 @@ class ModelItem(pytest.Item):
 
     def runtest(self) -> None:
         session = mad_session(self.config)
+        if session.options.dry_run:
+            self._dry_run(session)
         live = None
         if session.options.live_output or self.config.getoption("capture") == "no":
             live = terminal.writer(self.config, newline=False)
@@ -106,6 +109,16 @@ class ModelItem(pytest.Item):
             pytest.skip(result.reason)
         if not result.passed:
             raise ModelFailed(result)
+
+    def _dry_run(self, session: MadSession) -> None:
+        """Print the plan a real run of this item would execute, and skip: no build, no
+        container, no job, no GPU lease, no perf.csv row."""
+        try:
+            text = session.plan_item(self.model, self.extra_args, self.variant, self.name).render()
+        except (NotRunnable, MadError) as exc:
+            text = f"plan for {self.model.name}: not runnable: {exc}"
+        terminal.writer(self.config)(f"\n{text}")
+        pytest.skip("dry run")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, ModelFailed):

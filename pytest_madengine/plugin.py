@@ -6,13 +6,15 @@ import os
 import signal
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from . import hooks, report, runplugins, terminal
+from . import hookspecs, report, runplugins, terminal
 from .context import Context
-from .errors import MadError, MadWarning
+from .errors import MadError, MadWarning, UsageError
+from .executors.base import ExecutorChoice
+from .executors.factory import BuiltinExecutors
 from .items import SESSION_KEY, BrokenItem, ModelItem, ModelsFile, mad_session
 from .models import BrokenEntry, discover, key_of, load_path, parse_tags, select, spec_name
 from .multinode import MultiNode
@@ -36,8 +38,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 default=[], metavar="DICT", help="additional context: JSON or a Python dict literal (repeatable)")
     g.addoption("--mad-context-file", action="append", dest="mad_context_sources", type=_tagged("file"),
                 metavar="PATH", help="additional context from a JSON or YAML file (repeatable; later wins)")
-    g.addoption("--mad-executor", choices=("auto", "docker", "local"), default="auto",
-                help="where scripts run: auto = docker when a Docker daemon answers, else local")
+    g.addoption("--mad-executor", default="auto", metavar="NAME",
+                help="where scripts run: auto (slurm with slurm_args in the context, else docker when a "
+                     "Docker daemon answers, else local), docker, local, slurm, or a plugin's backend")
+    g.addoption("--mad-dry-run", action="store_true",
+                help="print every selected model's plan (image, container, argv, sbatch script) and run nothing")
     g.addoption("--mad-log-dir", default="mad_logs", metavar="DIR", help="per-model logs (default mad_logs/)")
     g.addoption("--mad-work-dir", default="mad_work", metavar="DIR",
                 help="per-model run folders (default mad_work/)")
@@ -62,7 +67,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    pluginmanager.add_hookspecs(hooks)
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 def _options(config: pytest.Config) -> Options:
@@ -77,6 +82,7 @@ def _options(config: pytest.Config) -> Options:
         disable_skip_gpu_arch=opt("mad_disable_skip_gpu_arch"), rebuild=opt("mad_rebuild"),
         keep_alive=opt("mad_keep_alive"),
         force_mirror_local=under_root(opt("mad_force_mirror_local")) if opt("mad_force_mirror_local") else None,
+        dry_run=opt("mad_dry_run"),
     )
 
 
@@ -84,8 +90,17 @@ def _options(config: pytest.Config) -> Options:
 def pytest_configure(config: pytest.Config) -> None:
     if config.option.help or config.option.version:
         return
+    def make_executor(name: str, context: Context, options: Options, run_id: str) -> ExecutorChoice:
+        choice = config.hook.pytest_mad_make_executor(config=config, name=name, context=context,
+                                                      options=options, run_id=run_id)
+        if choice is None:
+            raise UsageError(f"--mad-executor: no plugin made a backend named {name!r}")
+        return cast(ExecutorChoice, choice)
+
+    if not config.pluginmanager.has_plugin("madengine-builtin-executors"):
+        config.pluginmanager.register(BuiltinExecutors(), "madengine-builtin-executors")
     try:
-        session = MadSession(_options(config), config.getoption("mad_context_sources") or [])
+        session = MadSession(_options(config), config.getoption("mad_context_sources") or [], make_executor)
         tags = parse_tags(config.getoption("mad_tags"))
     except MadError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -96,9 +111,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # once per run, not once per xdist worker
         for text in session.context_warnings:
             config.issue_config_time_warning(MadWarning(text), stacklevel=2)
-    if hasattr(session.executor, "progress"):  # build, pull and queue progress on the terminal
-        session.executor.progress = terminal.writer(config, prefix="madengine: ")
-    if session.executor.name == "slurm":  # queue later items' jobs before their turn
+    session.executor.progress = terminal.writer(config, prefix="madengine: ")  # build, pull, queue progress
+    if session.executor.submits_ahead and not session.options.dry_run:  # queue later items' work early
         from .slurm import ahead as slurm_ahead
 
         slurm_ahead.register(config, session)
@@ -255,7 +269,8 @@ class Reporter:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> None:
         opt = self.config.option
-        if not (opt.collectonly or getattr(opt, "setuponly", False) or getattr(opt, "setupplan", False)):
+        if not (opt.collectonly or getattr(opt, "setuponly", False) or getattr(opt, "setupplan", False)
+                or opt.mad_dry_run):
             self.loop_started = True
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:

@@ -12,7 +12,7 @@ import shutil
 import signal
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,8 @@ from . import gpus as gpus_mod
 from . import multinode as multinode_mod
 from .context import Context
 from .errors import ExecutorError, MadError, UsageError
-from .executors.base import Cancel, Executor, RunOutcome, RunSpec
+from .executors import factory
+from .executors.base import Cancel, ExecutorChoice, Plan, RunOutcome, RunSpec
 from .launchers import torchrun
 from .models import SCRIPT_KINDS, Model, path_bounds
 from .multinode_run import NodeRun, check_mirror, mirror_context_mounts, mirror_env, nothing_reported
@@ -50,6 +51,7 @@ class Options:
     disable_skip_gpu_arch: bool = False
     rebuild: bool = False
     keep_alive: bool = False
+    dry_run: bool = False  # --mad-dry-run: plans only; backends start and remove nothing
     force_mirror_local: Path | None = None  # --mad-force-mirror-local: MAD_DATAHOME, mounted
 
 
@@ -127,6 +129,24 @@ def skip_reason(model: Model, arch: str, disabled: bool) -> str | None:
     return None
 
 
+class NotRunnable(Exception):
+    """An item that fails before anything runs (its args, script or GPU count); the reason."""
+
+
+@dataclass(frozen=True)
+class ItemRun:
+    """One item's run before its GPUs are held: what runs, where, for how long."""
+
+    model: Model
+    item_name: str
+    argv: tuple[str, ...]
+    source_dir: Path  # the script's folder in the checkout, copied into run_dir
+    run_dir: Path
+    timeout: float | None
+    n_gpus: int  # GPUs it takes from the pool
+    variant: Variant | None = None
+
+
 class GpuWaitCancelled(Exception):
     """Ctrl-C or SIGTERM while a model waited for its GPUs."""
 
@@ -162,7 +182,8 @@ class Interrupts:
 
 
 class MadSession:
-    def __init__(self, options: Options, context_sources: Sequence[tuple[str, str]]) -> None:
+    def __init__(self, options: Options, context_sources: Sequence[tuple[str, str]],
+                 make_executor: Callable[[str, Context, Options, str], ExecutorChoice] | None = None) -> None:
         self.options = options
         self.run_id = uuid.uuid4().hex[:12]
         self.context, self.context_warnings = context_mod.build(context_sources)
@@ -182,7 +203,11 @@ class MadSession:
         gpu_spec = str(self.context.get("docker_gpus") or "all") if options.gpus == "all" else options.gpus
         self.pool = gpus_mod.resolve_pool(gpu_spec, self.gpu_info)
         self.arch = str(self.context.get("MAD_SYSTEM_GPU_ARCHITECTURE", self.gpu_info.arch))
-        self.executor, self.executor_why = self._choose_executor(options.executor)
+        make = make_executor or factory.make
+        choice = make(options.executor, self.context, options, self.run_id)
+        self.executor, self.executor_why = choice.executor, choice.why
+        if self.executor.remote_gpus:  # the nodes' GPUs (SLURM's GPUS_PER_NODE), not this host's
+            self.pool = gpus_mod.GpuPool(self.pool.vendor, (), "none", f"on the {self.executor.name} nodes")
         self.interrupts = Interrupts()
         self.names_seen: dict[str, Path] = {}
         self._variants = VariantFinder(self.context, self.pool.vendor)
@@ -192,29 +217,6 @@ class MadSession:
         if not self.executor.uses_dockerfiles(self.context):
             return [], []
         return self._variants(model)
-
-    def _choose_executor(self, name: str) -> tuple[Executor, str]:
-        from .executors.local import LocalExecutor
-
-        if "slurm_args" in self.context:  # GPUs are the SLURM nodes' (GPUS_PER_NODE), not this host's
-            from .executors.slurm import SlurmExecutor
-
-            self.pool = gpus_mod.GpuPool(self.pool.vendor, (), "none", "on the SLURM nodes (GPUS_PER_NODE)")
-            return SlurmExecutor(self.options, self.context, self.run_id), "slurm_args in context"
-        if name == "local":
-            return LocalExecutor(), "--mad-executor=local"
-        try:
-            from .executors.docker import DockerExecutor
-        except ImportError as exc:  # the docker SDK is a dependency, but say so if it is broken
-            if name == "docker":
-                raise UsageError(f"--mad-executor=docker: cannot import the Docker SDK: {exc}") from None
-            return LocalExecutor(), f"the Docker SDK cannot be imported ({exc})"
-        if name == "docker":
-            return DockerExecutor(self.options, self.context, self.run_id), "--mad-executor=docker"
-        reachable, detail = DockerExecutor.daemon_answers()
-        if reachable:
-            return DockerExecutor(self.options, self.context, self.run_id), f"auto: Docker daemon answers ({detail})"
-        return LocalExecutor(), f"auto: no Docker daemon ({detail})"
 
     def header(self) -> list[str]:
         lines = [
@@ -253,6 +255,68 @@ class MadSession:
             dataname=model.data, log=str(self.log_path(item_name or model.name)),
         )
 
+    def skip_reason_of(self, model: Model) -> str | None:
+        return skip_reason(model, self.arch, self.options.disable_skip_gpu_arch)
+
+    def item_run(self, model: Model, extra_args: Sequence[str], variant: Variant | None = None,
+                 item_name: str | None = None) -> ItemRun:
+        """What running this item means, before any GPU is held: pure (reads the checkout,
+        writes nothing). Raises NotRunnable with the reason the item fails."""
+        item_name = item_name or model.name
+        try:
+            args = shlex.split(model.args) + list(extra_args)
+        except ValueError as exc:
+            raise NotRunnable(f"{model.source} entry '{model.name}': field 'args' cannot be split: {exc}") from None
+        script = model.base_dir / model.scripts
+        if not script.exists():
+            raise NotRunnable(f"script not found: {script} ({model.source} entry '{model.name}', field 'scripts')")
+        try:
+            n = gpus_mod.wanted(model.n_gpus, self.pool)
+        except UsageError as exc:
+            raise NotRunnable(f"{model.name} {exc}") from None
+        folder, argv = script_argv(model.scripts, args)
+        return ItemRun(model=model, item_name=item_name, argv=argv,
+                       source_dir=Path(os.path.normpath(model.base_dir / folder)),
+                       run_dir=(self.options.work_dir / flat_name(item_name)).resolve(),
+                       timeout=resolve_timeout(model.timeout, self.options.timeout, self.context),
+                       n_gpus=n, variant=variant)
+
+    def spec_for(self, run: ItemRun, gpus: tuple[int, ...]) -> RunSpec:
+        """The executor's input once ``gpus`` are held (pure)."""
+        model = run.model
+        return RunSpec(
+            model=model, argv=run.argv,
+            env=script_env(model, self.context, vendor=self.pool.vendor, arch=self.arch,
+                           system_ngpus=len(self.gpu_info.ids), gpus=gpus, runtime_ngpus=len(gpus),
+                           use_devices=self.pool.uses_devices, deployment=self.executor.name,
+                           multi_node=self.multi_node if self.multi_node.configured else None,
+                           mirror=self.mirror),
+            run_dir=run.run_dir, workspace=self.options.root.resolve(), timeout=run.timeout, gpus=gpus,
+            gpu_vendor=self.pool.vendor, use_gpu_devices=self.pool.uses_devices,
+            context=self.run_context, run_id=self.run_id,
+            dockerfile=run.variant.dockerfile if run.variant is not None else None,
+        )
+
+    def plan_item(self, model: Model, extra_args: Sequence[str], variant: Variant | None = None,
+                  item_name: str | None = None) -> Plan:
+        """The plan a run of this item executes, GPU ids aside (a dry run prints it; SLURM
+        submits it ahead of the item's turn). Raises NotRunnable or ExecutorError."""
+        return self.executor.plan(self.spec_for(self.item_run(model, extra_args, variant, item_name), ()))
+
+    def prepare_run_folder(self, run: ItemRun, note: Callable[[str], None]) -> str:
+        """A fresh run folder: the clone of the model's ``url`` (if any), then its script
+        folder. Returns the clone's commit ("" without a url). Raises MadError or OSError."""
+        model, run_dir = run.model, run.run_dir
+        shutil.rmtree(run_dir, ignore_errors=True)  # an earlier run's results must never be read as this run's
+        commit = self._clone(model, run_dir, note) if model.url else ""
+        copy_script_folder(run.source_dir, run_dir, bounds=path_bounds(model.source, self.options.root),
+                           skip=(self.options.work_dir, self.options.log_dir), note=note, fresh=False)
+        stale = run_dir / model.multiple_results if model.multiple_results else None
+        if stale is not None and stale.is_file():  # left in the script's folder by an earlier run
+            stale.unlink()
+            note(f"removed {model.multiple_results} copied from {run.source_dir}: only this run's results count")
+        return commit
+
     def run_model(self, model: Model, extra_args: Sequence[str], live: Any = None,
                   variant: Variant | None = None, item_name: str | None = None) -> ModelResult:
         item_name = item_name or model.name
@@ -269,47 +333,27 @@ class MadSession:
             result.rows = [Row(model.name, None, "", SKIPPED)]
             return result
         try:
-            args = shlex.split(model.args) + list(extra_args)
-        except ValueError as exc:
-            result.reason = f"{model.source} entry '{model.name}': field 'args' cannot be split: {exc}"
+            run = self.item_run(model, extra_args, variant, item_name)
+        except NotRunnable as exc:
+            result.reason = str(exc)
             return result
-        script = model.base_dir / model.scripts
-        if not script.exists():
-            result.reason = f"script not found: {script} ({model.source} entry '{model.name}', field 'scripts')"
-            return result
-        try:
-            n = gpus_mod.wanted(model.n_gpus, self.pool)
-        except UsageError as exc:
-            result.reason = f"{model.name} {exc}"
-            return result
-        folder, argv = script_argv(model.scripts, args)
-        run_dir = (self.options.work_dir / flat_name(item_name)).resolve()
-        source_dir = Path(os.path.normpath(model.base_dir / folder))
         sink = OutputSink(self.log_path(item_name), live=live)
         result.log = str(sink.log_path)
         try:
-            shutil.rmtree(run_dir, ignore_errors=True)  # an earlier run's results must never be read as this run's
-            if model.url:  # madengine clones the model's repository and runs the script from its root
-                result.properties["git_commit"] = self._clone(model, run_dir, sink)
-            copy_script_folder(source_dir, run_dir, bounds=path_bounds(model.source, self.options.root),
-                               skip=(self.options.work_dir, self.options.log_dir), note=sink.note, fresh=False)
+            commit = self.prepare_run_folder(run, sink.note)
         except (MadError, OSError) as exc:
             sink.close()
-            result.reason = f"cannot prepare the run folder {run_dir}: {exc}"
+            result.reason = f"cannot prepare the run folder {run.run_dir}: {exc}"
             result.tail = sink.tail()
             return result
-        stale = run_dir / model.multiple_results if model.multiple_results else None
-        if stale is not None and stale.is_file():  # left in the script's folder by an earlier run
-            stale.unlink()
-            sink.note(f"removed {model.multiple_results} copied from {source_dir}: only this run's results count")
-        timeout = resolve_timeout(model.timeout, self.options.timeout, self.context)
-        waits = WaitNotes(sink.note, n, self.pool.ids)
+        if commit:
+            result.properties["git_commit"] = commit
+        waits = WaitNotes(sink.note, run.n_gpus, self.pool.ids)
         node = NodeRun(self.multi_node, model.name, self.mirror) if self.multi_node.configured else None
         try:
             # Guarded from the GPU wait on: a signal then cancels the wait or the run, never loses the row.
             with self.interrupts.guard() as cancel:
-                outcome = self._allocate_and_run(model, argv, run_dir, timeout, n, waits, sink, result,
-                                                 node, cancel, variant)
+                outcome = self._allocate_and_run(run, waits, sink, result, node, cancel)
         except ExecutorError as exc:
             outcome = RunOutcome(None, 0.0, problem=str(exc))
         finally:
@@ -320,72 +364,59 @@ class MadSession:
         result.dockerfile = str(outcome.properties.get("dockerfile", result.dockerfile))
         result.base_docker = str(outcome.properties.get("base_docker", result.base_docker))
         status, reason, rows, warnings = evaluate(model.name, outcome, sink.scanner.lines,
-                                                  model.multiple_results, run_dir, timeout,
+                                                  model.multiple_results, run.run_dir, run.timeout,
                                                   hf_line=sink.scanner.hf, total=sink.scanner.count)
         result.status, result.reason, result.rows = status, reason, rows
         result.warnings = warnings
         if node is not None:  # this node's verdict; node 0 combines the ranks' values
             node.finish(result, outcome_ok=outcome.exit_code == 0 and not (outcome.problem or outcome.timed_out
                                                                       or outcome.interrupted),
-                        log_path=sink.log_path, run_dir=run_dir, multiple_results=model.multiple_results,
+                        log_path=sink.log_path, run_dir=run.run_dir, multiple_results=model.multiple_results,
                         nothing_reported=nothing_reported(sink.scanner.lines, sink.scanner.hf,
-                                                          model.multiple_results, run_dir),
+                                                          model.multiple_results, run.run_dir),
                         cancel=self.interrupts.cancel)
         result.tail = sink.tail()
         return result
 
-    def _allocate_and_run(self, model: Model, argv: tuple[str, ...], run_dir: Path, timeout: float | None,
-                          n: int, waits: WaitNotes, sink: OutputSink, result: ModelResult,
-                          node: NodeRun | None, cancel: Cancel, variant: Variant | None = None) -> RunOutcome:
+    def _allocate_and_run(self, run: ItemRun, waits: WaitNotes, sink: OutputSink, result: ModelResult,
+                          node: NodeRun | None, cancel: Cancel) -> RunOutcome:
         def on_wait(elapsed: float) -> None:
             if cancel:
                 raise GpuWaitCancelled(elapsed)
             waits(elapsed)
 
         try:
-            with self.allocate(n, on_wait=on_wait) as ids:
+            with self.allocate(run.n_gpus, on_wait=on_wait) as ids:
                 if waits.waited:
                     result.properties["gpu_wait_s"] = f"{waits.waited:.1f}"
                 result.gpus, result.runtime_ngpus = ids, len(ids)
-                spec = RunSpec(
-                    model=model, argv=argv,
-                    env=script_env(model, self.context, vendor=self.pool.vendor, arch=self.arch,
-                                   system_ngpus=len(self.gpu_info.ids), gpus=ids, runtime_ngpus=len(ids),
-                                   use_devices=self.pool.uses_devices, deployment=self.executor.name,
-                                   multi_node=self.multi_node if self.multi_node.configured else None,
-                                   mirror=self.mirror),
-                    run_dir=run_dir, workspace=self.options.root.resolve(), timeout=timeout, gpus=ids,
-                    gpu_vendor=self.pool.vendor, use_gpu_devices=self.pool.uses_devices,
-                    context=self.run_context, run_id=self.run_id,
-                    dockerfile=variant.dockerfile if variant is not None else None,
-                )
-                sink.note(f"model {model.name}: {shlex.join(argv)} in {run_dir} (executor {self.executor.name}, "
-                          f"timeout {f'{timeout:g} s' if timeout else 'none'}, GPUs {list(ids)})")
+                plan = self.executor.plan(self.spec_for(run, ids))
+                sink.note(plan.render())  # the plan this run executes, at the top of its log
                 if node is None:
-                    return self.executor.run(spec, sink, cancel)
+                    return self.executor.run(plan, sink, cancel)
                 # Multi-node: build first, then meet, so no peer waits out a build in the barrier.
-                prepared = self.executor.prepare(spec, sink, cancel)
+                prepared = self.executor.prepare(plan, sink, cancel)
                 if prepared is not None:
                     return prepared
                 joined = node.join(sink, cancel)
                 if joined:
                     return RunOutcome(None, 0.0, problem=joined)
-                return self.executor.run(spec, sink, cancel)
+                return self.executor.run(plan, sink, cancel)
         except GpuWaitCancelled as stop:
-            sink.note(f"interrupted while waiting {stop.args[0]:.0f} s for {n} GPUs")
+            sink.note(f"interrupted while waiting {stop.args[0]:.0f} s for {run.n_gpus} GPUs")
             return RunOutcome(None, 0.0, interrupted=True)
 
-    def _clone(self, model: Model, run_dir: Path, sink: OutputSink) -> str:
+    def _clone(self, model: Model, run_dir: Path, note: Callable[[str], None]) -> str:
         """Clone ``model.url`` into ``run_dir`` (submodules too, credentials from
         ``credential.json`` by the card's ``cred`` or the host, never in argv or logs);
         the commit, for perf.csv's ``git_commit``."""
         entries, _ = registry.load_credentials(self.options.root.resolve())
         cred = gitclone.credential_for(model.url, str(model.raw.get("cred") or ""), entries)
         plan = gitclone.clone_plan(model.url, run_dir, credential=cred)
-        sink.note(f"clone: {plan.render()} (deadline {CLONE_TIMEOUT_S:g} s)")
-        done = gitclone.run_clone(plan, deadline_s=CLONE_TIMEOUT_S, log=sink.note,
+        note(f"clone: {plan.render()} (deadline {CLONE_TIMEOUT_S:g} s)")
+        done = gitclone.run_clone(plan, deadline_s=CLONE_TIMEOUT_S, log=note,
                                   cancel=lambda: bool(self.interrupts.cancel))
-        sink.note(f"cloned {model.url if cred is None else plan.render()} at {done.commit}")
+        note(f"cloned {model.url if cred is None else plan.render()} at {done.commit}")
         return done.commit
 
     @contextmanager

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,59 @@ class RunSpec:
     dockerfile: Path | None = None  # the Dockerfile this item builds, pinned at collection
 
 
+SECRET_MARKERS = ("PASSWORD", "TOKEN", "SECRET", "KEY", "CREDENTIAL")
+
+
+def shown_value(name: str, value: str) -> str:
+    """A value as a plan prints it: secret-looking names are masked."""
+    return "***" if any(m in name.upper() for m in SECRET_MARKERS) else value
+
+
+def render_env(env: Mapping[str, str], indent: str = "  ") -> list[str]:
+    return [f"{indent}{k}={shown_value(k, str(v))}" for k, v in sorted(env.items())]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a backend will do for one model: plain data, computed without side effects
+    (torchx's dry-run request), printed by ``--mad-dry-run`` and at the top of the model's
+    log, and executed exactly by ``Executor.run``."""
+
+    spec: RunSpec
+
+    @property
+    def executor(self) -> str:
+        return "base"
+
+    def lines(self) -> list[str]:
+        """The backend's own part of the rendering."""
+        return []
+
+    def render(self) -> str:
+        s = self.spec
+        head = [f"plan for {s.model.name} ({self.executor}): timeout "
+                f"{f'{s.timeout:g} s' if s.timeout else 'none'}, GPUs {list(s.gpus) or 'none'}"]
+        runner = s.env.get("MAD_MULTI_NODE_RUNNER", "")
+        if "NODE_RANK" in s.env or "MASTER_ADDR" in s.env:
+            head.append(f"  multi-node: node {s.env.get('NODE_RANK', '0')} of {s.env.get('NNODES', '?')}, "
+                        f"rendezvous {s.env.get('MASTER_ADDR', '?')}:{s.env.get('MASTER_PORT', '?')}, "
+                        f"runner {runner}")
+        return "\n".join([*head, *self.lines()])
+
+    def comparable(self) -> str:
+        """The rendering without what only a real run knows: the GPU ids it was given."""
+        out = []
+        for line in self.render().splitlines():
+            if line.strip().split("=", 1)[0] in GPU_VARS:
+                continue
+            out.append(re.sub(r"GPUs (\[[^\]]*\]|none)", "GPUs", line))
+        return "\n".join(out)
+
+
+GPU_VARS = frozenset({"MAD_GPU_IDS", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES",
+                      "MAD_RUNTIME_NGPUS"})
+
+
 @dataclass
 class RunOutcome:
     exit_code: int | None
@@ -54,8 +108,25 @@ class Cancel:
         return self.event.is_set()
 
 
+@dataclass(frozen=True)
+class ExecutorChoice:
+    """What ``pytest_mad_make_executor`` returns: the backend, and why (for the header)."""
+
+    executor: Executor
+    why: str
+
+
 class Executor(ABC):
+    """A backend. What it can do is declared here, not found by probing: ``uses_dockerfiles``
+    (a model runs once per matching Dockerfile), ``remote_gpus`` (GPUs belong to the nodes it
+    submits to, not to this host's pool), ``submits_ahead`` (later items' work can be queued
+    before their turn with ``submit_ahead``), and ``progress`` (set by the plugin: build,
+    pull and queue progress for the terminal)."""
+
     name: str = "base"
+    remote_gpus: bool = False
+    submits_ahead: bool = False
+    progress: Callable[[str], None] | None = None
 
     def describe(self) -> str:
         """One line for the run header."""
@@ -66,17 +137,21 @@ class Executor(ABC):
         return False
 
     @abstractmethod
-    def plan(self, spec: RunSpec) -> dict[str, Any]:
-        """What would run, as plain data (no side effects): printed by dry runs, kept in logs."""
+    def plan(self, spec: RunSpec) -> Plan:
+        """What would run, as data; no process, no file written, no daemon call beyond
+        read-only lookups. Raises ExecutorError when the model cannot be planned."""
 
-    def prepare(self, spec: RunSpec, sink: OutputSink, cancel: Cancel) -> RunOutcome | None:
+    def prepare(self, plan: Plan, sink: OutputSink, cancel: Cancel) -> RunOutcome | None:
         """Slow set-up before a multi-node rendezvous (an image build). None when ready, else
         the failed outcome to report without running."""
         return None
 
     @abstractmethod
-    def run(self, spec: RunSpec, sink: OutputSink, cancel: Cancel) -> RunOutcome:
-        """Run the model to the end, the timeout, or cancellation."""
+    def run(self, plan: Plan, sink: OutputSink, cancel: Cancel) -> RunOutcome:
+        """Run exactly ``plan`` to the end, the timeout, or cancellation."""
+
+    def submit_ahead(self, plan: Plan) -> None:  # noqa: B027 - only backends that queue work
+        """Queue a later item's work now (``submits_ahead`` backends)."""
 
     def close(self) -> None:  # noqa: B027 - optional for executors that start nothing lasting
         """Session end: release whatever this executor started."""

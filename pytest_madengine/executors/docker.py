@@ -31,12 +31,13 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from .. import docker_run_options as run_options
 from .. import dockerfiles, livelogs, registry
 from ..errors import ExecutorError
 from ..output import MAX_LINE, OutputSink
-from .base import Cancel, Executor, RunOutcome, RunSpec
+from .base import Cancel, Executor, Plan, RunOutcome, RunSpec, render_env, shown_value
 
 LABEL = "org.pytest-madengine"
 LABEL_HASH = f"{LABEL}.build-hash"
@@ -200,6 +201,47 @@ class ContainerPlan:
         if self.extra:
             kw = run_options.merge_into(kw, self.extra)
         return kw
+
+
+@dataclass(frozen=True)
+class DockerPlan(Plan):
+    build: BuildPlan | None = None
+    container: ContainerPlan | None = None
+    rebuild: bool = False
+
+    @property
+    def executor(self) -> str:
+        return "docker"
+
+    def lines(self) -> list[str]:
+        b, c = self.build, self.container
+        assert b is not None and c is not None
+        out: list[str] = []
+        if b.prebuilt:
+            out.append(f"  image: {b.image} (MAD_CONTAINER_IMAGE: run as given, nothing built)")
+        else:
+            reuse = ("always built (--mad-rebuild)" if self.rebuild else
+                     "reused when an image with the same inputs' hash exists, else built")
+            out += [f"  image: {b.image}, {reuse}", f"  dockerfile: {b.dockerfile}"
+                    + (f" {b.dockerfile_header}" if b.dockerfile_header is not None else " (no CONTEXT header)"),
+                    f"  build context: {b.context_dir}",
+                    "  build args: " + (", ".join(f"{k}={shown_value(k, v)}" for k, v in sorted(b.build_args.items()))
+                                        or "(none)")]
+            if b.base_docker:
+                out.append(f"  base image: {b.base_docker} (registry {b.base_registry})")
+        out += [f"  container: {c.name} (a suffix when a live container holds the name)",
+                f"  command: {shlex.join(c.command)}", f"  working dir: {c.working_dir}",
+                "  mounts: " + ", ".join(f"{h} -> {v['bind']} ({v['mode']})" for h, v in sorted(c.volumes.items())),
+                f"  devices: {', '.join(c.devices) or 'none'}"
+                + (f"; GPU request {c.gpu_request}" if c.gpu_request else "")
+                + (f"; groups {', '.join(c.group_add)}" if c.group_add else ""),
+                f"  network {c.network_mode}, ipc {c.ipc_mode}, user {c.user}, cap_add {', '.join(c.cap_add)}, "
+                f"security_opt {', '.join(c.security_opt)}" + (f", cpuset {c.cpuset_cpus}" if c.cpuset_cpus else "")]
+        if c.extra:
+            out.append("  additional_docker_run_options: " + ", ".join(
+                f"{k}={'***' if k == 'environment' else v}" for k, v in sorted(c.extra.items())))
+        out += ["  environment:", *render_env(c.environment, "    ")]
+        return out
 
 
 def build_context_dir(spec: RunSpec, dockerfile: Path) -> Path:
@@ -594,6 +636,8 @@ class DockerExecutor(Executor):
         self._context_cache: dict[tuple[str, tuple[str, ...]], ContextFiles] = {}
         self._names: set[str] = set()
         self.swept: list[str] = []
+        if getattr(options, "dry_run", False):
+            return  # a dry run plans: it connects to nothing and removes nothing
         try:
             self._connect()
             self.swept = self.sweep_orphans()
@@ -672,18 +716,19 @@ class DockerExecutor(Executor):
 
     # -- plan
 
-    def plan(self, spec: RunSpec) -> dict[str, Any]:
+    def plan(self, spec: RunSpec) -> DockerPlan:
         build = plan_build(spec)
-        name = container_name(build.image)
-        container = plan_container(spec, build.image, name=name, keep_alive=bool(self.options.keep_alive))
-        return {"executor": self.name, "build": asdict(build), "container": asdict(container)}
+        container = plan_container(spec, build.image, name=container_name(build.image),
+                                   keep_alive=bool(self.options.keep_alive))
+        return DockerPlan(spec=spec, build=build, container=container, rebuild=bool(self.options.rebuild))
 
     # -- run
 
-    def prepare(self, spec: RunSpec, sink: OutputSink, cancel: Cancel) -> RunOutcome | None:
+    def prepare(self, plan: Plan, sink: OutputSink, cancel: Cancel) -> RunOutcome | None:
         """Build (or find) the image now, so that multi-node peers meet after the build, not
         before it. None when ready; otherwise the failed outcome, which run() would give too."""
-        build = plan_build(spec)
+        assert isinstance(plan, DockerPlan)
+        spec, build = plan.spec, plan.build
         try:
             client = self._client_or_problem()
             log_path = sink.log_path.with_name(sink.log_path.name.removesuffix(".log") + ".build.log")
@@ -703,16 +748,14 @@ class DockerExecutor(Executor):
             self._prepared[spec.model.name] = img
         return None
 
-    def run(self, spec: RunSpec, sink: OutputSink, cancel: Cancel) -> RunOutcome:
-        build = plan_build(spec)  # DockerfileError goes up: the session reports it as the reason
+    def run(self, plan: Plan, sink: OutputSink, cancel: Cancel) -> RunOutcome:
+        assert isinstance(plan, DockerPlan)
+        spec, build = plan.spec, plan.build
         props: dict[str, Any] = {"docker_image": build.image, "base_docker": build.base_docker}
         if build.dockerfile:
             props["dockerfile"] = self._rel(Path(build.dockerfile), spec.workspace)
-        name = self._unique_name(container_name(build.image))
-        try:
-            plan = plan_container(spec, build.image, name=name, keep_alive=bool(self.options.keep_alive))
-        except ExecutorError as exc:
-            return RunOutcome(None, 0.0, problem=str(exc), image=build.image, properties=props)
+        name = self._unique_name(plan.container.name)
+        container_plan = dataclasses.replace(plan.container, name=name)
         try:
             client = self._client_or_problem()
         except ExecutorError as exc:
@@ -746,7 +789,7 @@ class DockerExecutor(Executor):
         if prepared is not None and not img.built:  # built by prepare(), just before the rendezvous
             img = prepared
         props["container"] = name
-        outcome = self.run_container(client, spec, plan, sink, cancel)
+        outcome = self.run_container(client, spec, container_plan, sink, cancel)
         outcome.build_duration = img.build_duration
         outcome.image = build.image
         outcome.properties = {**props, **outcome.properties}

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from ..output import OutputSink
-from .base import Cancel, Executor, RunOutcome, RunSpec
+from .base import Cancel, Executor, Plan, RunOutcome, RunSpec, render_env
 
 KILL_GRACE_S = 5.0
 
 
-def kill_group(pgid: int, grace: float = KILL_GRACE_S, leader: subprocess.Popen | None = None) -> None:
+def kill_group(pgid: int, grace: float = KILL_GRACE_S, leader: subprocess.Popen[bytes] | None = None) -> None:
     """SIGTERM the whole group, then SIGKILL whatever is left after ``grace``."""
     try:
         os.killpg(pgid, signal.SIGTERM)
@@ -37,34 +39,40 @@ def kill_group(pgid: int, grace: float = KILL_GRACE_S, leader: subprocess.Popen 
         pass
 
 
+@dataclass(frozen=True)
+class LocalPlan(Plan):
+    argv: tuple[str, ...] = ()
+    cwd: str = ""
+    env_added: Mapping[str, str] = field(default_factory=dict)  # over pytest's own environment
+
+    @property
+    def executor(self) -> str:
+        return "local"
+
+    def lines(self) -> list[str]:
+        return [f"  run: {shlex.join(self.argv)}", f"  in: {self.cwd} (own process group)",
+                "  environment added:", *render_env(self.env_added, "    ")]
+
+
 class LocalExecutor(Executor):
     name = "local"
 
-    def plan(self, spec: RunSpec) -> dict[str, Any]:
-        return {
-            "executor": self.name,
-            "argv": list(spec.argv),
-            "cwd": str(spec.run_dir),
-            "env": dict(spec.env),
-            "timeout": spec.timeout,
-        }
-
-    def environment(self, spec: RunSpec) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(spec.env)
-        # torchrun and python from pytest's own environment, even when it is not activated
-        bindir = os.path.dirname(sys.executable)
-        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-        return env
-
-    def run(self, spec: RunSpec, sink: OutputSink, cancel: Cancel) -> RunOutcome:
+    def plan(self, spec: RunSpec) -> LocalPlan:
         argv = list(spec.argv)
         if argv and argv[0] == "python3":
-            argv[0] = sys.executable
+            argv[0] = sys.executable  # the interpreter pytest runs on, with its packages
+        env = dict(spec.env)
+        # torchrun and python from pytest's own environment, even when it is not activated
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+        return LocalPlan(spec=spec, argv=tuple(argv), cwd=str(spec.run_dir), env_added=env)
+
+    def run(self, plan: Plan, sink: OutputSink, cancel: Cancel) -> RunOutcome:
+        assert isinstance(plan, LocalPlan)
+        spec, argv = plan.spec, list(plan.argv)
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
-                argv, cwd=spec.run_dir, env=self.environment(spec), stdin=subprocess.DEVNULL,
+                argv, cwd=plan.cwd, env={**os.environ, **plan.env_added}, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
             )
         except OSError as exc:

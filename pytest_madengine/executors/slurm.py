@@ -20,24 +20,25 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..context import Context
-from ..errors import UsageError
+from ..errors import ExecutorError, UsageError
 from ..output import MAX_LINE, OutputSink
 from ..slurm import args as args_mod
 from ..slurm import batch as batch_mod
 from ..slurm import poller as poller_mod
 from ..slurm.records import describe_final, expand_hostlist, job_ids_from_output
-from .base import Cancel, Executor, RunOutcome, RunSpec
+from .base import SECRET_MARKERS, Cancel, Executor, Plan, RunOutcome, RunSpec, render_env
 
 SUBMIT_TIMEOUT_S = 600.0  # a framework's run.sh must have submitted by then
 CONTROLLER_GRACE_S = 900.0  # slurmctld unreachable this long fails the item
@@ -85,8 +86,41 @@ def spec_key(spec: RunSpec) -> tuple[Any, ...]:
             spec.timeout)
 
 
+@dataclass(frozen=True)
+class SlurmPlan(Plan):
+    """native: the batch and task scripts we write and the sbatch argv; framework: the
+    model's framework script that submits its own jobs, with its environment."""
+
+    path: str = "native"  # native | framework
+    argv: tuple[str, ...] = ()
+    cwd: str = ""
+    env_added: Mapping[str, str] = field(default_factory=dict)
+    batch: batch_mod.BatchPlan | None = None
+    batch_script: str = ""
+    task_script: str = ""
+    queue_timeout: float | None = None
+
+    @property
+    def executor(self) -> str:
+        return "slurm"
+
+    def lines(self) -> list[str]:
+        out = [f"  {self.path}: {shlex.join(self.argv)} (in {self.cwd})"]
+        if self.queue_timeout:
+            out.append(f"  queue timeout: {self.queue_timeout:g} s")
+        if self.path == "framework":
+            return [*out, "  environment added:", *render_env(self.env_added, "    ")]
+        masked = "\n".join(
+            line if "=" not in line or not any(m in line.split("=", 1)[0].upper() for m in SECRET_MARKERS)
+            else line.split("=", 1)[0] + "=***" for line in self.task_script.splitlines())
+        return [*out, "  --- batch script ---", *("  " + ln for ln in self.batch_script.splitlines()),
+                "  --- task script (run on every node) ---", *("  " + ln for ln in masked.splitlines())]
+
+
 class SlurmExecutor(Executor):
     name = "slurm"
+    remote_gpus = True  # the nodes' GPUS_PER_NODE, not this host's
+    submits_ahead = True
 
     def __init__(self, options: Any, context: Context, run_id: str, *,
                  poller: poller_mod.SlurmPoller | None = None) -> None:
@@ -103,7 +137,11 @@ class SlurmExecutor(Executor):
         self._ahead: dict[str, Submission] = {}
         self._mine: list[poller_mod.Watch] = []  # every job this run submitted
         self._lock = threading.Lock()
-        self._capture: list[RunSpec] | None = None
+
+    @property
+    def ahead_depth(self) -> int:
+        """How many later items' jobs to queue ahead (slurm_args SUBMIT_AHEAD)."""
+        return int(self.args.submit_ahead)
 
     def describe(self) -> str:
         a = self.args
@@ -155,36 +193,38 @@ class SlurmExecutor(Executor):
             env["SBATCH_QOS"] = a.qos
         return env
 
-    def plan(self, spec: RunSpec) -> dict[str, Any]:
+    def plan(self, spec: RunSpec) -> SlurmPlan:
         if self.args.framework:
-            return {"executor": self.name, "path": "framework",
-                    "argv": ["bash", str(self.framework_script(spec))],
-                    "cwd": str(self.job_dir(spec.model.name)), "env": self.framework_env(spec)}
-        plan = self.batch_plan(spec)
-        return {"executor": self.name, "path": "native", "sbatch": ["sbatch", "--parsable", str(plan.batch_path)],
-                "batch_script": batch_mod.batch_script(plan), "task_script": batch_mod.task_script(plan),
-                "timeout": spec.timeout, "queue_timeout": self.args.queue_timeout}
+            return SlurmPlan(spec=spec, path="framework", argv=("bash", str(self.framework_script(spec))),
+                             cwd=str(self.job_dir(spec.model.name)), env_added=self.framework_env(spec),
+                             queue_timeout=self.args.queue_timeout)
+        batch = self.batch_plan(spec)
+        bad = batch_mod.bad_env_names(batch.env)
+        if bad:
+            field_ = ("models.json field 'env_vars'" if bad[0] in spec.model.env_vars
+                      else "context 'docker_env_vars'")
+            raise ExecutorError(f"model '{spec.model.name}': {field_}: environment variable name {bad[0]!r} "
+                                "cannot be exported by the SLURM task script (letters, digits and _, "
+                                "not starting with a digit)")
+        try:
+            batch_text, task_text = batch_mod.batch_script(batch), batch_mod.task_script(batch)
+        except ValueError as exc:
+            raise ExecutorError(f"model '{spec.model.name}': cannot write its SLURM job: {exc}") from None
+        return SlurmPlan(spec=spec, path="native", argv=("sbatch", "--parsable", str(batch.batch_path)),
+                         cwd=str(batch.job_dir), batch=batch, batch_script=batch_text, task_script=task_text,
+                         queue_timeout=self.args.queue_timeout)
 
     # ---- submission
-    def capture_spec(self, plan_run: Callable[[], Any]) -> RunSpec | None:
-        """Run ``plan_run`` (the session's run_model) with this executor only recording the
-        RunSpec it is given: the exact plan of an item, for submitting it ahead."""
-        self._capture = []
-        try:
-            plan_run()
-        finally:
-            captured, self._capture = self._capture, None
-        return captured[0] if captured else None
-
-    def submit_ahead(self, spec: RunSpec) -> None:
+    def submit_ahead(self, plan: Plan) -> None:
         """Queue a later item's job now (see slurm.ahead); its item picks it up."""
+        assert isinstance(plan, SlurmPlan)
         with self._lock:
-            if spec.model.name in self._ahead:
+            if plan.spec.model.name in self._ahead:
                 return
-        sub = self.start(spec, Cancel())
+        sub = self.start(plan, Cancel())
         sub.ahead = True
         with self._lock:
-            self._ahead[spec.model.name] = sub
+            self._ahead[plan.spec.model.name] = sub
 
     def _take_ahead(self, spec: RunSpec) -> tuple[Submission | None, list[str]]:
         with self._lock:
@@ -198,7 +238,8 @@ class SlurmExecutor(Executor):
         return None, [f"the job submitted ahead ({', '.join(ids) or 'none'}) was planned differently: "
                       "cancelled, submitting again"]
 
-    def start(self, spec: RunSpec, cancel: Cancel) -> Submission:
+    def start(self, plan: SlurmPlan, cancel: Cancel) -> Submission:
+        spec = plan.spec
         job_dir = self.job_dir(spec.model.name)
         shutil.rmtree(job_dir, ignore_errors=True)
         job_dir.mkdir(parents=True, exist_ok=True)
@@ -206,17 +247,18 @@ class SlurmExecutor(Executor):
         sub = Submission(spec_key(spec), kind, job_dir, time.time())
         try:
             if kind == "framework":
-                self._start_framework(spec, sub, cancel)
+                self._start_framework(plan, sub, cancel)
             else:
-                self._start_native(spec, sub)
+                self._start_native(plan, sub)
         except UsageError as exc:
             sub.problem = str(exc)
         except OSError as exc:
             sub.problem = f"cannot prepare the SLURM job: {exc}"
         return sub
 
-    def _start_native(self, spec: RunSpec, sub: Submission) -> None:
-        plan = self.batch_plan(spec)
+    def _start_native(self, splan: SlurmPlan, sub: Submission) -> None:
+        spec, plan = splan.spec, splan.batch
+        assert plan is not None
         sub.plan = plan
         if not spec.run_dir.is_dir():
             sub.problem = f"run folder {spec.run_dir} does not exist"
@@ -229,11 +271,7 @@ class SlurmExecutor(Executor):
                            "cannot be exported by the SLURM task script (letters, digits and _, "
                            "not starting with a digit)")
             return
-        try:
-            batch_text, task_text = batch_mod.batch_script(plan), batch_mod.task_script(plan)
-        except ValueError as exc:
-            sub.problem = f"model '{spec.model.name}': cannot write its SLURM job: {exc}"
-            return
+        batch_text, task_text = splan.batch_script, splan.task_script
         # Every node runs in its own copy of the run folder (shared file system).
         shutil.rmtree(plan.node_dir, ignore_errors=True)
         for rank in range(plan.nodes):
@@ -241,7 +279,7 @@ class SlurmExecutor(Executor):
         plan.batch_path.write_text(batch_text)
         plan.task_path.write_text(task_text)
         plan.task_path.chmod(0o700)  # it holds the model's environment
-        argv = ["sbatch", "--parsable", str(plan.batch_path)]
+        argv = list(splan.argv)
         sub.submitted = time.time()
         try:
             out = self.poller.controller.run(argv)
@@ -256,20 +294,20 @@ class SlurmExecutor(Executor):
                          f"time {plan.time}); batch script {plan.batch_path}")
         self._watch(sub, job_id, plan.job_name, plan.marker(job_id))
 
-    def _start_framework(self, spec: RunSpec, sub: Submission, cancel: Cancel) -> None:
-        script = self.framework_script(spec)
+    def _start_framework(self, splan: SlurmPlan, sub: Submission, cancel: Cancel) -> None:
+        script = Path(splan.argv[1])
         if not script.is_file():
             sub.problem = (f"slurm_args FRAMEWORK {self.args.framework!r}: {script} not found "
                            f"(frameworks live in scripts/<FRAMEWORK>/run.sh)")
             return
         env = dict(os.environ)
-        env.update(self.framework_env(spec))
+        env.update(splan.env_added)
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         sub.notes.append(f"framework {self.args.framework}: bash {script} (MODEL_NAME={env['MODEL_NAME']}, "
                          f"logs in {sub.job_dir})")
         sub.submitted = time.time()
         try:
-            proc = subprocess.Popen(["bash", str(script)], cwd=sub.job_dir, env=env, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(list(splan.argv), cwd=splan.cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
             sub.problem = f"cannot start {script}: {exc.strerror or exc}"
@@ -312,16 +350,15 @@ class SlurmExecutor(Executor):
             self._mine.append(w)
 
     # ---- following the job(s)
-    def run(self, spec: RunSpec, sink: OutputSink, cancel: Cancel) -> RunOutcome:
-        if self._capture is not None:
-            self._capture.append(spec)
-            return RunOutcome(None, 0.0, problem="planned only (its job is submitted ahead of its turn)")
+    def run(self, plan: Plan, sink: OutputSink, cancel: Cancel) -> RunOutcome:
+        assert isinstance(plan, SlurmPlan)
+        spec = plan.spec
         t0 = time.monotonic()
         sub, notes = self._take_ahead(spec)
         for note in notes:
             sink.note(note)
         if sub is None:
-            sub = self.start(spec, cancel)
+            sub = self.start(plan, cancel)
         elif sub.ahead:
             sink.note("submitted ahead of its turn (slurm_args SUBMIT_AHEAD)")
         for note in sub.notes:

@@ -2,11 +2,11 @@
 SLURM jobs in the queue at once (pytest itself runs items one after another).
 
 Before each item runs, the next ``SUBMIT_AHEAD`` model items this process will run (the
-rest of ``session.items``, or, under xdist, the worker's queue) are planned by the
-session's own ``run_model`` with the SLURM executor in capture mode, which returns the
-exact ``RunSpec`` the item will later use, and their jobs are submitted. When the item
-runs, the executor takes its job if the plan is still the same (else it cancels it and
-submits again). Jobs of items that never run are cancelled at the end of the session.
+rest of ``session.items``, or, under xdist, the worker's queue) are planned with the
+session's ``plan_item`` (the same pure step a run and a dry run use), their run folders are
+prepared, and their plans submitted. When the item runs, the executor takes its job if the
+plan is still the same (else it cancels it and submits again). Jobs of items that never run
+are cancelled at the end of the session.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from ..items import ModelItem
+from ..session import NotRunnable
 
 
 def _worker_queue(config: pytest.Config) -> list[int] | None:
@@ -68,19 +69,22 @@ class SubmitAhead:
             if it.nodeid in self.seen:
                 continue
             self.seen.add(it.nodeid)
+            if session.skip_reason_of(it.model) is not None:
+                continue
             try:
-                spec = session.executor.capture_spec(lambda it=it: session.run_model(it.model, it.extra_args))
-                if spec is not None:
-                    session.executor.submit_ahead(spec)
+                run = session.item_run(it.model, it.extra_args, it.variant, it.name)
+                session.prepare_run_folder(run, lambda text: None)
+                session.executor.submit_ahead(session.executor.plan(session.spec_for(run, ())))
+            except NotRunnable:
+                continue  # the item fails on its own, with this reason
             except Exception as exc:  # an optimisation only: the item still submits on its own
                 item.warn(pytest.PytestWarning(f"slurm: could not submit {it.nodeid} ahead: {exc!r}"))
 
 
 def register(config: pytest.Config, session: Any) -> None:
-    """Called by the plugin when the run uses the SLURM executor."""
-    if getattr(session.executor, "name", "") != "slurm" or getattr(session, "multi_node", None) is not None \
-            and getattr(session.multi_node, "configured", False):
+    """Called by the plugin when the run's executor ``submits_ahead``."""
+    if not session.executor.submits_ahead or session.multi_node.configured:
         return
-    depth = session.executor.args.submit_ahead
+    depth = getattr(session.executor, "ahead_depth", 0)
     if depth > 0:
         config.pluginmanager.register(SubmitAhead(session, depth), "madengine-slurm-ahead")

@@ -15,7 +15,6 @@ from pytest_madengine.runfolder import copy_script_folder
 from pytest_madengine.session import script_argv
 
 
-
 def write_models(path: Path, entries: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(entries))

@@ -141,10 +141,9 @@ def test_executor_reports_unexportable_names_as_the_models_problem(
         tmp_path: Path, model_env: dict[str, str], ctx_env: dict[str, str], field: str) -> None:
     """task_script's ValueError is no crash: the item fails with a reason naming model and field."""
     from pytest_madengine.context import Context
-    from pytest_madengine.executors.base import Cancel, RunSpec
+    from pytest_madengine.executors.base import RunSpec
     from pytest_madengine.executors.slurm import SlurmExecutor
     from pytest_madengine.models import Model
-    from pytest_madengine.output import OutputSink
     from pytest_madengine.session import Options
     from pytest_madengine.slurm import poller as P
 
@@ -165,12 +164,10 @@ def test_executor_reports_unexportable_names_as_the_models_problem(
     spec = RunSpec(model=model, argv=("bash", "run.sh"), env={"MAD_MODEL_NAME": "zoo/bert", **model_env, **ctx_env},
                    run_dir=run_dir, workspace=tmp_path, timeout=60.0, gpus=(), gpu_vendor="AMD",
                    use_gpu_devices=False, context=Context({}), run_id="0123456789ab")
-    sink = OutputSink(tmp_path / "logs" / "bert.log")
-    try:
-        outcome = ex.run(spec, sink, Cancel())
-    finally:
-        sink.close()
+    from pytest_madengine.errors import ExecutorError
+
     bad = next(iter({**model_env, **ctx_env}))
-    assert outcome.exit_code is None
-    assert outcome.problem.startswith(f"model 'zoo/bert': {field}: environment variable name {bad!r} cannot be exported")
+    with pytest.raises(ExecutorError) as info:  # planning fails; the session makes it the model's reason
+        ex.plan(spec)
+    assert str(info.value).startswith(f"model 'zoo/bert': {field}: environment variable name {bad!r} cannot be exported")
     assert not (tmp_path / "logs" / "zoo" / "bert.slurm" / "task.sh").exists()

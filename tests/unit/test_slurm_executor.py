@@ -38,32 +38,34 @@ def spec(tmp_path: Path, *, n_gpus: int = 0, args: tuple[str, ...] = ()) -> RunS
 def test_native_plan(tmp_path: Path) -> None:
     ex = executor(tmp_path, NODES=2, GPUS_PER_NODE=4, ACCOUNT="proj")
     plan = ex.plan(spec(tmp_path))
-    assert plan["path"] == "native" and plan["sbatch"][:2] == ["sbatch", "--parsable"]
-    assert plan["sbatch"][2] == str(tmp_path / "logs" / "zoo" / "bert.slurm" / "job.sbatch")
-    text = plan["batch_script"]
+    assert plan.path == "native" and plan.argv[:2] == ("sbatch", "--parsable")
+    assert plan.argv[2] == str(tmp_path / "logs" / "zoo" / "bert.slurm" / "job.sbatch")
+    text = plan.batch_script
     for line in ("#SBATCH --job-name=mad-0123456789ab-zoo_bert", "#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --partition=debug", "#SBATCH --time=10", "#SBATCH --account=proj"):
         assert line + "\n" in text
-    assert "export K='v w'" in plan["task_script"] and "--nproc_per_node=4" in plan["task_script"]
-    assert f"cd {tmp_path / 'work' / 'zoo' / 'bert.slurm'}/node\"$NODE_RANK\"" in plan["task_script"]
+    assert "export K='v w'" in plan.task_script and "--nproc_per_node=4" in plan.task_script
+    assert f"cd {tmp_path / 'work' / 'zoo' / 'bert.slurm'}/node\"$NODE_RANK\"" in plan.task_script
+    rendered = plan.render()  # what a dry run prints and the log starts with
+    assert "native: sbatch --parsable" in rendered and "#SBATCH --nodes=2" in rendered
     assert ex.describe() == "slurm (partition debug, 2 node(s), time 10)"
 
 
 def test_gpus_default_to_the_models(tmp_path: Path) -> None:
-    assert "--gpus-per-node=8" in executor(tmp_path).plan(spec(tmp_path, n_gpus=8))["batch_script"]
-    assert "--gpus-per-node" not in executor(tmp_path, GPUS_PER_NODE=0).plan(spec(tmp_path, n_gpus=8))["batch_script"]
+    assert "--gpus-per-node=8" in executor(tmp_path).plan(spec(tmp_path, n_gpus=8)).batch_script
+    assert "--gpus-per-node" not in executor(tmp_path, GPUS_PER_NODE=0).plan(spec(tmp_path, n_gpus=8)).batch_script
 
 
 def test_framework_plan_and_environment(tmp_path: Path) -> None:
     ex = executor(tmp_path, FRAMEWORK="sglang_disagg", PREFILL_NODES=1, DECODE_NODES=3, DOCKER_IMAGE="img:1", QOS="hi")
     plan = ex.plan(spec(tmp_path, args=("--model", "Qwen3-32B")))
-    assert plan["path"] == "framework"
-    assert plan["argv"] == ["bash", str(tmp_path / "scripts" / "sglang_disagg" / "run.sh")]
-    env = plan["env"]
+    assert plan.path == "framework"
+    assert plan.argv == ("bash", str(tmp_path / "scripts" / "sglang_disagg" / "run.sh"))
+    env = plan.env_added
     assert (env["MODEL_NAME"], env["PREFILL_NODES"], env["DECODE_NODES"], env["NODES"]) == ("Qwen3-32B", "1", "3", "4")
     assert (env["PARTITION"], env["TIME"], env["DOCKER_IMAGE"], env["QOS"]) == ("debug", "10", "img:1", "hi")
     assert env["SBATCH_JOB_NAME"] == "mad-0123456789ab-zoo_bert" and env["SBATCH_QOS"] == "hi"
-    assert env["MAD_SLURM_LOG_DIR"] == plan["cwd"] and env["K"] == "v w"
+    assert env["MAD_SLURM_LOG_DIR"] == plan.cwd and env["K"] == "v w"
 
 
 def test_unknown_partition_is_a_usage_error_before_anything_runs(tmp_path: Path) -> None:
