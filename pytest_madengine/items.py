@@ -85,6 +85,7 @@ class ModelItem(pytest.Item):
         self.variant = variant  # the Dockerfile this item builds, when the executor builds one
         self.extra_args: tuple[str, ...] = ()
         self.mad_result: ModelResult | None = None
+        self.mad_plan: str | None = None  # --mad-dry-run: the rendered plan
         _mark(self, model.tags)
 
     @property
@@ -117,7 +118,7 @@ class ModelItem(pytest.Item):
             text = session.plan_item(self.model, self.extra_args, self.variant, self.name).render()
         except (NotRunnable, MadError) as exc:
             text = f"plan for {self.model.name}: not runnable: {exc}"
-        terminal.writer(self.config)(f"\n{text}")
+        self.mad_plan = text  # printed by the controller's reporter (xdist workers have no terminal)
         pytest.skip("dry run")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:

@@ -226,6 +226,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     rep = yield
+    plan = getattr(item, "mad_plan", None)
+    if plan and rep.when == "call":
+        rep.mad_plan = plan  # travels to the xdist controller with the report
     result = getattr(item, "mad_result", None)
     if isinstance(item, MODEL_ITEMS) and result is not None and rep.when == "call":
         if rep.failed and result.status != FAILURE:
@@ -315,6 +318,13 @@ class Reporter:
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        plan = getattr(report, "mad_plan", None)
+        if plan:
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line("")
+                for line in str(plan).splitlines():
+                    reporter.write_line(line)
         self.started.setdefault(report.nodeid, getattr(report, "node", None))
         result = _report_result(report)
         if result is None or report.nodeid in self.seen:

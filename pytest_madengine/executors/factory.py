@@ -30,7 +30,7 @@ def make(name: str, context: Any, options: Any, run_id: str) -> ExecutorChoice:
         from .slurm import SlurmExecutor
 
         return ExecutorChoice(SlurmExecutor(options, context, run_id),
-                              "--mad-executor=slurm" if name == "slurm" else "auto: slurm_args in context")
+                              "--mad-executor=slurm" if name == "slurm" else "slurm_args in context")
     if name == "local":
         return ExecutorChoice(LocalExecutor(), "--mad-executor=local")
     if name not in ("auto", "docker"):
