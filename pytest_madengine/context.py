@@ -8,9 +8,7 @@ override earlier ones. Nested dicts are merged key by key so that
 
 from __future__ import annotations
 
-import ast
 import difflib
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import ContextError
+from .literals import LiteralError, parse_dict_literal
 
 # madengine 1.x/2.x keys users have in their files, plus ours. Unknown keys only warn:
 # madengine accepts anything, and a typo should be visible but not fatal.
@@ -93,20 +92,9 @@ def parse_text(text: str, origin: str = "--mad-context") -> dict[str, Any]:
     if not stripped:
         raise ContextError(f"{origin}: empty context; give a dict such as \"{{'gpu_vendor': 'AMD'}}\"")
     try:
-        value = json.loads(stripped)
-    except json.JSONDecodeError as json_err:
-        try:
-            value = ast.literal_eval(stripped)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as lit_err:
-            detail = getattr(lit_err, "msg", None) or str(lit_err)
-            raise ContextError(
-                f"{origin}: not a JSON object or Python dict literal "
-                f"(JSON: {json_err.msg} at line {json_err.lineno}, column {json_err.colno}; "
-                f"Python literal: {detail})"
-            ) from None
-    if not isinstance(value, dict):
-        raise ContextError(f"{origin}: must be a dict, got {type(value).__name__}")
-    return value
+        return parse_dict_literal(stripped)
+    except LiteralError as exc:
+        raise ContextError(f"{origin}: {exc}") from None
 
 
 def load_file(path: str | Path) -> dict[str, Any]:

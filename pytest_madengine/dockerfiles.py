@@ -14,8 +14,6 @@ it has must be equal (here case-insensitively, as text). Every matching file is 
 
 from __future__ import annotations
 
-import ast
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DockerfileError
+from .literals import LiteralError, parse_dict_literal
 
 HEADER_LINES = 5  # madengine: `head -n5 FILE | grep '# CONTEXT '`
 _HEADER = re.compile(r"^\s*#\s*CONTEXT(?:\s+|(?=\{))(?P<body>.*?)\s*$")
@@ -49,17 +48,9 @@ def parse_header(text: str, path: Path | str = "Dockerfile") -> dict[str, Any] |
             continue
         body = m.group("body")
         try:
-            value = json.loads(body)
-        except json.JSONDecodeError:
-            try:
-                value = ast.literal_eval(body)
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
-                raise DockerfileError(
-                    f"{path}: the '# CONTEXT' header is not a JSON object or Python dict literal: "
-                    f"{getattr(exc, 'msg', None) or exc}"
-                ) from None
-        if not isinstance(value, dict):
-            raise DockerfileError(f"{path}: the '# CONTEXT' header must be a dict, got {type(value).__name__}")
+            value = parse_dict_literal(body)
+        except LiteralError as exc:
+            raise DockerfileError(f"{path}: the '# CONTEXT' header is {exc}") from None
         return value
     return None
 

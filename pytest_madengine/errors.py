@@ -19,10 +19,6 @@ class ModelsFileError(MadError):
     """A models file (models.json, get_models_json.py) cannot be read at all."""
 
 
-class EntryError(MadError):
-    """One models.json entry is malformed; the other entries still run."""
-
-
 class ContextError(UsageError):
     """The additional context (--mad-context, --mad-context-file) is malformed."""
 
@@ -41,10 +37,6 @@ class ExecutorError(MadError):
 
 class DockerfileError(ExecutorError):
     """No Dockerfile, or several, match the run context."""
-
-
-class BuildError(ExecutorError):
-    """An image build failed."""
 
 
 class MadWarning(UserWarning):

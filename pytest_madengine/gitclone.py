@@ -40,7 +40,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -51,6 +50,7 @@ from types import MappingProxyType
 from typing import IO, Any
 from urllib.parse import unquote
 
+from . import process
 from .errors import MadError
 
 # The helper is a constant: user data reaches it only through the two environment variables,
@@ -291,26 +291,13 @@ def run_clone(plan: ClonePlan, *, deadline_s: float, log: Callable[[str], None],
 
     stop_reason = ""
     try:
-        while True:
-            try:
-                proc.wait(timeout=0.1)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if cancel is not None and cancel():
-                stop_reason = "cancelled"
-                break
-            if time.monotonic() - started >= deadline_s:
-                stop_reason = f"timed out after {deadline_s:g} s"
-                break
-        if stop_reason:
-            _kill_group(proc)
+        why = process.wait(proc, cancel or (lambda: False), process.Deadline(deadline_s, started))
+        if why is not None:
+            stop_reason = "cancelled" if why == process.CANCELLED else f"timed out after {deadline_s:g} s"
+            # git removes its half-made folder on SIGTERM; wait for git only, not its zombies
+            process.kill_group(proc.pid, KILL_GRACE_S, proc, leader_only=True)
     finally:
-        # Also on KeyboardInterrupt: nothing of the clone may outlive this call.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        process.kill_now(proc.pid)  # also on KeyboardInterrupt: nothing of the clone may outlive this call
         proc.wait()
         for reader in readers:
             reader.join(timeout=5)
@@ -472,24 +459,6 @@ def _head_commit(dest: Path, env: Mapping[str, str], redact: Callable[[str], str
         raise CloneError(f"cannot read the commit of {dest}: {redact(str(exc))}") from None
     commit = done.stdout.strip()
     return commit if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", commit) else None
-
-
-def _kill_group(proc: subprocess.Popen[bytes], grace: float = KILL_GRACE_S) -> None:
-    """SIGTERM the group so git can remove its half-made folder; once git itself is gone (or
-    after ``grace``), SIGKILL whatever is left. Waiting for git only, not the whole group: an
-    orphaned child stays a zombie until init reaps it, and ``killpg(pgid, 0)`` counts zombies."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _remove_partial(dest: Path, existed: bool) -> None:

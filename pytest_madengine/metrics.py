@@ -70,7 +70,6 @@ __all__ = [
     "Aggregate",
     "PerfScanner",
     "find_performance_lines",
-    "hf_fallback",
     "choose_result",
     "parse_multiple_results",
     "parse_number",
@@ -268,21 +267,6 @@ def find_performance_lines(lines: Iterable[str | bytes], *, limit: int | None = 
     lines (value None), in order. ``lines`` is consumed lazily (a file object works);
     ``limit`` caps how many are returned (all by default)."""
     return PerfScanner(max_lines=limit).feed_all(lines).lines
-
-
-def hf_fallback(lines: Iterable[str | bytes]) -> PerfLine | None:
-    """madengine's HuggingFace fallback: the first ``train_samples_per_second`` value
-    (``'train_samples_per_second': 4.23`` or ``train_samples_per_second = 4.23``) as metric
-    ``samples_per_second``. madengine uses it only when no performance line matched; a value
-    that is not a finite number comes back with value None. Stops at the first match."""
-    for line_no, line in enumerate(lines, start=1):
-        if isinstance(line, bytes):
-            line = line.decode("utf-8", errors="replace")
-        if _HF_KEY in line:
-            found = _match_hf(line, line_no)
-            if found is not None:
-                return found
-    return None
 
 
 def _shown(p: PerfLine) -> str:

@@ -45,7 +45,6 @@ __all__ = [
     "LoadResult",
     "Model",
     "TagSpec",
-    "check_duplicates",
     "discover",
     "key_of",
     "load_generator_file",
@@ -743,46 +742,6 @@ def path_bounds(path: Path, root: Path) -> tuple[Path, ...]:
     if real_file == real_root or real_root in real_file.parents:
         return (real_root,)
     return (real_file.parent,)
-
-
-def check_duplicates(results: Sequence[LoadResult]) -> list[LoadResult]:
-    """Across files: an entry whose name an earlier file already defines becomes broken."""
-    first: dict[str, tuple[Path, int]] = {}
-    out: list[LoadResult] = []
-    for result in results:
-        taken_here: dict[str, tuple[Path, int]] = {}
-        clashes: list[BrokenEntry] = []
-        candidates: list[Model | BrokenEntry] = [*result.models, *result.broken]
-        for cand in candidates:
-            name = cand.name
-            if name is None:
-                continue
-            if name in first:
-                src, idx = first[name]
-                clashes.append(
-                    BrokenEntry(
-                        cand.source,
-                        cand.index,
-                        name,
-                        cand.tags,
-                        cand.scope,
-                        f"{_entry_ref(_label(cand.source), cand.index, name)}: duplicate name {name!r}, "
-                        f"first defined in {_label(src)} entry {idx}",
-                    )
-                )
-            else:
-                taken_here.setdefault(name, (cand.source, cand.index))
-        if not clashes:
-            out.append(result)
-        else:
-            clashed = {(b.source, b.index) for b in clashes}
-            keep = [m for m in result.models if (m.source, m.index) not in clashed]
-            broken = [b for b in result.broken if (b.source, b.index) not in clashed] + clashes
-            broken.sort(key=lambda b: b.index)
-            out.append(LoadResult(keep, broken))
-        for name, where in taken_here.items():
-            first.setdefault(name, where)
-    return out
 
 
 # ---------------------------------------------------------------------- selection

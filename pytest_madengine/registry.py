@@ -52,11 +52,6 @@ def registry_of(image: str) -> str:
     return split_reference(image)[0]
 
 
-def is_private_registry(image: str) -> bool:
-    """True when the image names a registry host other than Docker Hub."""
-    return not is_hub(registry_of(image))
-
-
 def is_hub(host: str) -> bool:
     """Docker Hub under any of its names (``docker.io``, ``https://index.docker.io/v1/``, ``dockerhub``)."""
     return _normal_host(host).lower() in _HUB_ALIASES

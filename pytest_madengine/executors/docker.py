@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import docker_run_options as run_options
-from .. import dockerfiles, livelogs, registry
+from .. import dockerfiles, livelogs, process, registry
 from ..errors import ExecutorError
 from ..output import MAX_LINE, OutputSink
 from .base import Cancel, Executor, Plan, RunOutcome, RunSpec, render_env, shown_value
@@ -1035,14 +1035,16 @@ class DockerExecutor(Executor):
         is set to tell it to stop reporting."""
         t = threading.Thread(target=fn, daemon=True, name="mad-docker-stream")
         t.start()
+        until = process.Deadline(None if deadline is None else deadline - time.monotonic())
         while t.is_alive():
-            t.join(SLICE_S if deadline is None else max(0.0, min(SLICE_S, deadline - time.monotonic())))
+            t.join(until.slice(SLICE_S))
             if not t.is_alive():
                 break
-            if cancel or (deadline is not None and time.monotonic() >= deadline):
+            why = process.stop_reason(cancel, until)
+            if why is not None:
                 if stop is not None:
                     stop.set()
-                if cancel:
+                if why == process.CANCELLED:
                     raise Interrupted()
                 raise StreamTimedOut()
 
@@ -1168,7 +1170,7 @@ class DockerExecutor(Executor):
                 raise
         cid = container.id
         # The duration counts from creating the container; the timeout from its start.
-        deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
+        until = process.Deadline(spec.timeout)
         watch = ContainerWatch(client, cid, sink, keep_alive=plan.keep_alive)
         timed_out = interrupted = False
         exit_code: int | None = None
@@ -1214,11 +1216,9 @@ class DockerExecutor(Executor):
                     if not state.get("Running"):
                         exit_code = state.get("ExitCode")
                         break
-            if cancel:
-                interrupted = True
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                timed_out = True
+            why = process.stop_reason(cancel, until)
+            if why is not None:
+                interrupted, timed_out = why == process.CANCELLED, why == process.TIMED_OUT
                 break
         duration = time.monotonic() - start
         daemon_gone = problem.startswith("Docker daemon")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import threading
@@ -12,31 +11,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .. import process
 from ..output import OutputSink
 from .base import Cancel, Executor, Plan, RunOutcome, RunSpec, render_env
-
-KILL_GRACE_S = 5.0
-
-
-def kill_group(pgid: int, grace: float = KILL_GRACE_S, leader: subprocess.Popen[bytes] | None = None) -> None:
-    """SIGTERM the whole group, then SIGKILL whatever is left after ``grace``."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if leader is not None:
-            leader.poll()  # reap it, or its zombie keeps the group alive
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @dataclass(frozen=True)
@@ -80,29 +57,14 @@ class LocalExecutor(Executor):
         assert proc.stdout is not None
         reader = threading.Thread(target=sink.pump, args=(proc.stdout,), daemon=True)
         reader.start()
-        deadline = None if spec.timeout is None else start + spec.timeout
-        timed_out = interrupted = False
+        why = None
         try:
-            while True:
-                try:
-                    proc.wait(timeout=0.1)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                if cancel:
-                    interrupted = True
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    timed_out = True
-                    break
+            why = process.wait(proc, cancel, process.Deadline(spec.timeout, start))
             # The group goes on every path: a script's background children must not outlive its item.
-            kill_group(proc.pid, leader=proc)
+            process.kill_group(proc.pid, leader=proc)
         finally:
-            # Also when a second Ctrl-C lands in the grace period above.
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            process.kill_now(proc.pid)  # also when a second Ctrl-C lands in the grace period above
+        timed_out, interrupted = why == process.TIMED_OUT, why == process.CANCELLED
         proc.wait()
         reader.join(timeout=5)
         if reader.is_alive():

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import process
 from ..context import Context
 from ..errors import ExecutorError, UsageError
 from ..output import MAX_LINE, OutputSink
@@ -318,13 +319,8 @@ class SlurmExecutor(Executor):
         reader = threading.Thread(target=lambda: out.extend(iter(lambda: stream.readline(MAX_LINE), b"")),
                                   daemon=True)
         reader.start()
-        deadline = time.monotonic() + SUBMIT_TIMEOUT_S
-        while proc.poll() is None and time.monotonic() < deadline and not cancel:
-            time.sleep(0.05)
-        if proc.poll() is None:
-            from .local import kill_group
-
-            kill_group(proc.pid, leader=proc)
+        if process.wait(proc, cancel, process.Deadline(SUBMIT_TIMEOUT_S)) is not None:
+            process.kill_group(proc.pid, leader=proc)
         proc.wait()
         reader.join(timeout=5)
         sub.output = [b.decode("utf-8", "replace").rstrip("\n") for b in out]

@@ -26,7 +26,6 @@ from pytest_madengine.metrics import (
     choose_result,
     direction,
     find_performance_lines,
-    hf_fallback,
     is_reserved_extra_name,
     parse_multiple_results,
     parse_number,
@@ -269,6 +268,11 @@ def test_complete_or_unrelated_lines_are_not_incomplete():
 # --------------------------------------------------------------------------------------
 # HuggingFace fallback
 # --------------------------------------------------------------------------------------
+
+def hf_fallback(lines):
+    """The scanner's HuggingFace fallback: the first train_samples_per_second value."""
+    return PerfScanner().feed_all(lines).hf
+
 
 @pytest.mark.parametrize("line,raw", [
     ("{'train_runtime': 12.1, 'train_samples_per_second': 4.23, 'epoch': 1.0}", "4.23"),

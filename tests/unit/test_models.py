@@ -15,7 +15,6 @@ from pytest_madengine.models import (
     LoadResult,
     Model,
     TagSpec,
-    check_duplicates,
     discover,
     key_of,
     load_generator_file,
@@ -659,45 +658,6 @@ def test_load_path_other_file(tmp_path: Path) -> None:
     assert (m.name, m.scope, m.base_dir) == ("deep", None, path.parent)
 
 
-# --------------------------------------------------------- duplicates across files
-
-
-def test_check_duplicates_across_files(tmp_path: Path) -> None:
-    a = load_models_file(write_json(tmp_path / "a" / "models.json", [entry("x"), entry("y")]))
-    b = load_models_file(
-        write_json(tmp_path / "b" / "models.json", [entry("z"), entry("x", tags=["bt"]), entry("w", n_gpus="bad")])
-    )
-    c = load_models_file(write_json(tmp_path / "c" / "models.json", [entry("w"), entry("z")]))
-    out = check_duplicates([a, b, c])
-    assert out[0] is a
-    assert [m.name for m in out[1].models] == ["z"]
-    assert [(e.index, e.name) for e in out[1].broken] == [(1, "x"), (2, "w")]
-    clash = out[1].broken[0]
-    assert clash.tags == ("bt",)
-    assert str(tmp_path / "b" / "models.json") in clash.message or "b/models.json" in clash.message
-    assert clash.message.endswith(
-        f"entry 1 ('x'): duplicate name 'x', first defined in {tmp_path / 'a' / 'models.json'} entry 0"
-    )
-    # a broken entry's name is taken too
-    assert out[2].models == []
-    assert [e.name for e in out[2].broken] == ["w", "z"]
-    assert "first defined in" in out[2].broken[0].message and "b/models.json entry 2" in out[2].broken[0].message
-
-
-def test_check_duplicates_scoped_and_root_names(tmp_path: Path) -> None:
-    root = load_models_file(write_json(tmp_path / "models.json", [entry("pyt/bert")]))
-    scoped = load_models_file(write_json(tmp_path / "scripts/pyt/models.json", [entry("bert")]), scope="pyt")
-    out = check_duplicates([root, scoped])
-    assert out[1].models == [] and out[1].broken[0].name == "pyt/bert"
-
-
-def test_check_duplicates_without_clashes_keeps_results(tmp_path: Path) -> None:
-    a = load_models_file(write_json(tmp_path / "a.json", [entry("x")]))
-    b = load_models_file(write_json(tmp_path / "b.json", [entry("y")]))
-    assert check_duplicates([a, b]) == [a, b]
-    assert check_duplicates([]) == []
-
-
 # ---------------------------------------------------------------------- tags
 
 
@@ -742,7 +702,7 @@ def test_parse_tags_errors(text: str) -> None:
 @pytest.fixture
 def zoo(tmp_path: Path) -> list[Model | BrokenEntry]:
     make_zoo(tmp_path)
-    results = check_duplicates([load_path(p, tmp_path) for p in discover(tmp_path)])
+    results = [load_path(p, tmp_path) for p in discover(tmp_path)]
     candidates: list[Model | BrokenEntry] = []
     for r in results:
         candidates += [*r.models, *r.broken]
@@ -888,7 +848,7 @@ def test_ten_thousand_entries_load_and_select(tmp_path: Path) -> None:
     ]
     path = tmp_path / "models.json"
     path.write_text(json.dumps(entries))
-    (result,) = check_duplicates([load_path(path, tmp_path)])
+    result = load_path(path, tmp_path)
     got = select(result.models, parse_tags(["group_7,model_9999:bs=2", "dummies"]))
     assert len(result.models) == 10_000 and len(got) == 10_000
     assert got["model_9999"] == ("--bs", "2")

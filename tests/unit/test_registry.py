@@ -27,14 +27,6 @@ def test_registry_of(image: str, host: str) -> None:
     assert registry.registry_of(image) == host
 
 
-@pytest.mark.parametrize("image, private", [
-    ("rocm/pytorch", False), ("docker.io/library/ubuntu", False), ("index.docker.io/x/y", False),
-    ("127.0.0.1:5001/x", True), ("localhost/x", True), ("ghcr.io/o/x", True),
-])
-def test_is_private_registry(image: str, private: bool) -> None:
-    assert registry.is_private_registry(image) is private
-
-
 def write_creds(tmp_path: Path, data: object) -> None:
     (tmp_path / "credential.json").write_text(json.dumps(data))
 
