@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import UsageError
 from .metrics import direction, parse_number
-from .result import FAILURE, SUCCESS, ModelResult, fmt_value
+from .result import SUCCESS, ModelResult, fmt_value
 
 DEFAULT_THRESHOLD_PCT = 5.0
 NO_BASELINE = "none"
@@ -222,12 +222,7 @@ def apply(result: ModelResult, comparisons: list[Comparison]) -> None:
     regressed = [c for c in comparisons if c.regressed]
     if not regressed:
         return
-    names = {c.row for c in regressed}
-    for row in result.rows:
-        if row.name in names:
-            row.status = FAILURE
-    result.status = FAILURE
-    result.reason = "; ".join(c.message(result.model) for c in regressed)
+    result.fail("; ".join(c.message(result.model) for c in regressed), only={c.row for c in regressed})
     result.properties["regressed"] = ",".join(c.row for c in regressed)
 
 

@@ -10,7 +10,7 @@ import pytest
 from . import terminal
 from .errors import MadError, MadWarning, ModelsFileError
 from .models import BrokenEntry, Model, load_path
-from .result import SKIPPED, ModelResult
+from .result import FAILURE, SKIPPED, ModelResult
 from .session import MadSession, NotRunnable
 from .variants import Variant
 
@@ -148,7 +148,7 @@ class BrokenItem(pytest.Item):
         self.mad_result: ModelResult | None = None
 
     def runtest(self) -> None:
-        self.mad_result = ModelResult(model=self.name, status="FAILURE", reason=self.message,
+        self.mad_result = ModelResult(model=self.name, status=FAILURE, reason=self.message,
                                       executor="none", tags=self.tags)
         raise EntryBroken(self.message)
 

@@ -27,7 +27,8 @@ METRICS_HEADER = "[pytest-madengine metrics]"
 # Properties that are fields of ModelResult; everything else goes back into ``properties``.
 _FIELDS = {"model", "status", "reason", "tags", "n_gpus", "executor", "log", "gpus", "docker_image",
            "test_duration", "build_duration", "performance", "metric", "warning", "args",
-           "training_precision", "docker_file", "base_docker", "gpu_architecture", "dataname", "runtime_ngpus"}
+           "training_precision", "docker_file", "base_docker", "gpu_architecture", "dataname", "runtime_ngpus",
+           "docker_sha", "nnodes", "launcher"}
 
 
 class JUnitReadError(MadError):
@@ -214,7 +215,9 @@ def result_from_properties(props: Iterable[tuple[str, str]], default_name: str =
         build_duration=_float(plain.get("build_duration", "")) or 0.0, image=plain.get("docker_image", ""),
         dockerfile=plain.get("docker_file", ""), base_docker=plain.get("base_docker", ""),
         gpu_architecture=plain.get("gpu_architecture", ""), training_precision=plain.get("training_precision", ""),
-        dataname=plain.get("dataname", ""), properties=dict(extra),
+        dataname=plain.get("dataname", ""), docker_sha=plain.get("docker_sha", ""),
+        nnodes=int(plain["nnodes"]) if plain.get("nnodes", "").isdigit() else 1, launcher=plain.get("launcher", ""),
+        properties=dict(extra),
     )
 
 

@@ -116,8 +116,7 @@ class MultiNode:
 
     def properties(self) -> dict[str, str]:
         """JUnit properties / perf.csv facts of a multi-node run."""
-        return {"node_rank": str(self.node_rank), "nnodes": str(self.nnodes),
-                "master_addr": self.master_addr, "launcher": self.runner}
+        return {"node_rank": str(self.node_rank), "master_addr": self.master_addr}
 
 
 # ---------------------------------------------------------------------------- parsing

@@ -31,7 +31,7 @@ from .errors import MetricsError, UsageError
 from .multinode import MultiNode
 from .output import OutputSink
 from .ranks import RankValue, combine, rank_file_values, rank_files, rank_lines
-from .result import FAILURE, SUCCESS, ModelResult, Row
+from .result import SUCCESS, ModelResult, Row
 
 MARKER_PREFIX = ".pytest-madengine-mirror-"
 
@@ -162,6 +162,7 @@ class NodeRun:
         """Decide this node's result (see the module docstring) and combine per-rank values."""
         mn = self.mn
         result.properties.update(mn.properties())
+        result.nnodes, result.launcher = mn.nnodes, mn.runner
         values: list[RankValue] = []
         problem = ""
         if outcome_ok:
@@ -208,7 +209,7 @@ class NodeRun:
         if bad is not None:
             problem = problem or f"performance of {bad.source} is not a number: {bad.raw!r} {bad.metric}"
         if problem:
-            result.status, result.reason, result.rows = FAILURE, problem, []
+            result.fail(problem, rows="drop")
             return
         if result.status != SUCCESS and not (nothing_reported or values):
             return  # e.g. 'performance: NA' or a broken results file: this node's own output is wrong
@@ -219,8 +220,7 @@ class NodeRun:
                 result.properties["node_performance"] = shown
         if values:
             result.properties["rank_values"] = str(len(values))
-        result.status, result.reason = SUCCESS, ""
-        result.rows = [Row(result.model, None, "", SUCCESS)]
+        result.succeed([Row(result.model, None, "", SUCCESS)])
         result.warnings = [w for w in result.warnings if "performance values printed" not in w]
 
     def _root_verdict(self, result: ModelResult, *, outcome_ok: bool, nothing_reported: bool, problem: str,
@@ -250,19 +250,18 @@ class NodeRun:
                 problem = (f"per-rank results are incomplete: node(s) {lacking} reported no per-rank values"
                            + (f" ({detail})" if detail else ""))
         if problem:
-            result.status, result.reason, result.rows = FAILURE, problem, []
+            result.fail(problem, rows="drop")
             return
         if result.status != SUCCESS and not nothing_reported:
             return  # its own output is wrong ('performance: NA', a broken results file)
         try:
             combined = combine(values + peers_values)
         except MetricsError as exc:
-            result.status, result.reason, result.rows = FAILURE, str(exc), []
+            result.fail(str(exc), rows="drop")
             return
         if combined is None:
             return  # one value or none: the ordinary rules decided
-        result.status, result.reason = SUCCESS, ""
-        result.rows = [Row(name, value, metric, SUCCESS) for name, value, metric in combined.rows]
+        result.succeed([Row(name, value, metric, SUCCESS) for name, value, metric in combined.rows])
         result.properties["aggregation"] = combined.rule
         result.properties["aggregated_ranks"] = str(combined.sources)
         result.warnings = [w for w in result.warnings if "performance values printed" not in w]

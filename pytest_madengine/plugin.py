@@ -235,10 +235,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
             # The run looked fine but the item failed after it (a pytest_mad_result hook raised):
             # the reports must say what pytest says.
             last = str(rep.longrepr).strip().splitlines()[-1:] if rep.longrepr else []
-            result.status = FAILURE
-            result.reason = result.reason or f"failed after the run: {last[0] if last else 'error in a hook'}"
-            for row in result.rows:
-                row.status = FAILURE
+            result.fail(result.reason or f"failed after the run: {last[0] if last else 'error in a hook'}")
         rep.mad_result = result.to_dict()
         if item.config.getini("junit_family") in ("xunit1", "legacy"):
             item.user_properties.extend(report.junit_properties(result))

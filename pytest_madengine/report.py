@@ -66,7 +66,7 @@ def perf_rows(result: ModelResult, meta: Mapping[str, str]) -> list[dict[str, st
     ngpus = result.n_gpus if result.runtime_ngpus is None else result.runtime_ngpus
     common = {
         "n_gpus": str(ngpus),
-        "nnodes": str(props.get("nnodes", 1)),
+        "nnodes": str(result.nnodes),
         "gpus_per_node": str(ngpus),
         "training_precision": result.training_precision,
         "pipeline": meta.get("pipeline", ""),
@@ -74,12 +74,12 @@ def perf_rows(result: ModelResult, meta: Mapping[str, str]) -> list[dict[str, st
         "tags": ",".join(result.tags),
         "docker_file": result.dockerfile,
         "base_docker": result.base_docker,
-        "docker_sha": str(props.get("docker_sha", "")),
+        "docker_sha": result.docker_sha,
         "docker_image": result.image,
         "git_commit": str(props.get("git_commit") or meta.get("git_commit", "")),  # the model's clone, else the checkout
         "machine_name": meta.get("machine_name", ""),
         "deployment_type": result.executor,
-        "launcher": str(props.get("launcher", "")),
+        "launcher": result.launcher,
         "gpu_architecture": result.gpu_architecture,
         "relative_change": str(props.get("relative_change", "")),
         "build_duration": f"{result.build_duration:.2f}" if result.build_duration else "",
@@ -283,6 +283,12 @@ def junit_properties(result: ModelResult) -> list[tuple[str, str]]:
         props.append(("gpus", ",".join(map(str, result.gpus))))
     if result.image:
         props.append(("docker_image", result.image))
+    if result.docker_sha:
+        props.append(("docker_sha", result.docker_sha))
+    if result.nnodes != 1:
+        props.append(("nnodes", str(result.nnodes)))
+    if result.launcher:
+        props.append(("launcher", result.launcher))
     props.append(("test_duration", f"{result.duration:.2f}"))
     if result.build_duration:
         props.append(("build_duration", f"{result.build_duration:.2f}"))

@@ -52,8 +52,11 @@ class ModelResult:
     duration: float = 0.0
     build_duration: float = 0.0
     image: str = ""
+    docker_sha: str = ""
     dockerfile: str = ""
     base_docker: str = ""
+    nnodes: int = 1
+    launcher: str = ""
     gpu_architecture: str = ""
     training_precision: str = ""
     dataname: str = ""
@@ -62,6 +65,25 @@ class ModelResult:
     @property
     def passed(self) -> bool:
         return self.status == SUCCESS
+
+    # A result's status is decided in this order: the run's outcome and its metrics
+    # (``evaluate``), then the multi-node verdict, the baseline check, and the result hook.
+    # Every step after ``evaluate`` changes it through these two methods only.
+
+    def fail(self, reason: str, *, rows: str = "keep", only: set[str] | None = None) -> None:
+        """Now a failure with ``reason`` (kept when one is already given and ``reason`` is "").
+        ``rows``: "keep" them (marked failed: all, or those named in ``only``) or "drop" them."""
+        self.status = FAILURE
+        self.reason = reason or self.reason
+        if rows == "drop":
+            self.rows = []
+        for row in self.rows:
+            if only is None or row.name in only:
+                row.status = FAILURE
+
+    def succeed(self, rows: list[Row]) -> None:
+        """Now a success with these rows (a multi-node verdict: the nodes' combined values)."""
+        self.status, self.reason, self.rows = SUCCESS, "", rows
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -12,7 +12,7 @@ import pytest
 from . import baseline as baseline_mod
 from .errors import UsageError
 from .items import ModelItem
-from .result import FAILURE, ModelResult
+from .result import ModelResult
 from .scheduling import gpu_demand, largest_first
 from .summary import HtmlSummary, SummaryWriter
 
@@ -56,8 +56,7 @@ class BaselineCheck:
         try:
             comparisons = baseline_mod.compare(result, self.baseline, self.threshold_pct, self.directions, field)
         except UsageError as exc:
-            result.status = FAILURE
-            result.reason = f"{getattr(model, 'source', '')} entry '{result.model}': field 'metric_direction': {exc}"
+            result.fail(f"{getattr(model, 'source', '')} entry '{result.model}': field 'metric_direction': {exc}")
             return
         baseline_mod.apply(result, comparisons)
 

@@ -359,10 +359,12 @@ class MadSession:
         finally:
             sink.close()
         result.duration, result.build_duration = outcome.duration, outcome.build_duration
-        result.image = outcome.image
+        result.image, result.docker_sha = outcome.image, outcome.docker_sha
+        result.dockerfile = outcome.dockerfile or result.dockerfile
+        result.base_docker = outcome.base_docker or result.base_docker
+        if outcome.nnodes is not None:
+            result.nnodes = outcome.nnodes
         result.properties.update(outcome.properties)
-        result.dockerfile = str(outcome.properties.get("dockerfile", result.dockerfile))
-        result.base_docker = str(outcome.properties.get("base_docker", result.base_docker))
         status, reason, rows, warnings = evaluate(model.name, outcome, sink.scanner.lines,
                                                   model.multiple_results, run.run_dir, run.timeout,
                                                   hf_line=sink.scanner.hf, total=sink.scanner.count)

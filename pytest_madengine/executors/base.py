@@ -95,7 +95,11 @@ class RunOutcome:
     problem: str = ""  # a one-line reason the run could not complete (no daemon, OOM, ...)
     build_duration: float = 0.0
     image: str = ""
-    properties: dict[str, Any] = field(default_factory=dict)  # executor facts for JUnit / perf.csv
+    dockerfile: str = ""  # the Dockerfile built, relative to the checkout
+    base_docker: str = ""
+    docker_sha: str = ""  # the image id the container ran
+    nnodes: int | None = None  # nodes the run really used (SLURM), when the backend knows
+    properties: dict[str, Any] = field(default_factory=dict)  # more facts, for JUnit properties only
 
 
 class Cancel:

@@ -751,15 +751,15 @@ class DockerExecutor(Executor):
     def run(self, plan: Plan, sink: OutputSink, cancel: Cancel) -> RunOutcome:
         assert isinstance(plan, DockerPlan)
         spec, build = plan.spec, plan.build
-        props: dict[str, Any] = {"docker_image": build.image, "base_docker": build.base_docker}
-        if build.dockerfile:
-            props["dockerfile"] = self._rel(Path(build.dockerfile), spec.workspace)
+        props: dict[str, Any] = {}
+        facts: dict[str, Any] = {"image": build.image, "base_docker": build.base_docker,
+                                 "dockerfile": self._rel(Path(build.dockerfile), spec.workspace) if build.dockerfile else ""}
         name = self._unique_name(plan.container.name)
         container_plan = dataclasses.replace(plan.container, name=name)
         try:
             client = self._client_or_problem()
         except ExecutorError as exc:
-            return RunOutcome(None, 0.0, problem=str(exc), image=build.image, properties=props)
+            return RunOutcome(None, 0.0, problem=str(exc), properties=props, **facts)
         if self.swept:
             self._say(f"removed {len(self.swept)} container(s) left by a killed pytest: {', '.join(self.swept)}", sink)
             self.swept = []
@@ -773,17 +773,17 @@ class DockerExecutor(Executor):
         try:
             img = self.ensure_image(client, spec, build, build_log_path, sink, cancel)
         except BuildFailed as exc:
-            return RunOutcome(None, 0.0, problem=exc.reason, image=build.image, properties=props)
+            return RunOutcome(None, 0.0, problem=exc.reason, properties=props, **facts)
         except Interrupted:
-            return RunOutcome(None, 0.0, interrupted=True, image=build.image, properties=props)
+            return RunOutcome(None, 0.0, interrupted=True, properties=props, **facts)
         except ExecutorError as exc:
-            return RunOutcome(None, 0.0, problem=str(exc), image=build.image, properties=props)
+            return RunOutcome(None, 0.0, problem=str(exc), properties=props, **facts)
         except Exception as exc:  # noqa: BLE001
             if _is_connection_error(exc):
                 self._drop_client()
-                return RunOutcome(None, 0.0, problem=str(daemon_error(exc)), image=build.image, properties=props)
+                return RunOutcome(None, 0.0, problem=str(daemon_error(exc)), properties=props, **facts)
             raise
-        props["docker_sha"] = img.image_id
+        facts["docker_sha"] = img.image_id
         props["image_reused"] = not img.built
         prepared = self._prepared.pop(spec.model.name, None)
         if prepared is not None and not img.built:  # built by prepare(), just before the rendezvous
@@ -791,9 +791,8 @@ class DockerExecutor(Executor):
         props["container"] = name
         outcome = self.run_container(client, spec, container_plan, sink, cancel)
         outcome.build_duration = img.build_duration
-        outcome.image = build.image
         outcome.properties = {**props, **outcome.properties}
-        return outcome
+        return dataclasses.replace(outcome, **facts)
 
     @staticmethod
     def _rel(path: Path, root: Path) -> str:

@@ -404,24 +404,25 @@ class SlurmExecutor(Executor):
             for w in sub.watches:
                 w.done.wait(max(0.0, limit - time.monotonic()))
         result_time = time.time()
-        props.update(self._properties(sub, result_time))
+        facts, run_s, nnodes = self._properties(sub, result_time)
+        props.update(facts)
         self._copy_back(spec, sub)
         self._write_logs(sub, sink)
         for w in sub.watches:
             self.poller.forget(w)
-        duration = props.pop("_duration", None) or (time.monotonic() - t0)
+        duration = run_s or time.monotonic() - t0
         if interrupted:
-            return RunOutcome(None, duration, interrupted=True, properties=props)
+            return RunOutcome(None, duration, interrupted=True, properties=props, nnodes=nnodes)
         if timed_out:
-            return RunOutcome(None, duration, timed_out=True, properties=props)
+            return RunOutcome(None, duration, timed_out=True, properties=props, nnodes=nnodes)
         if problem:
-            return RunOutcome(None, duration, problem=problem, properties=props)
+            return RunOutcome(None, duration, problem=problem, properties=props, nnodes=nnodes)
         for w in sub.watches:
             if w.gone:
-                return RunOutcome(None, duration, problem=w.gone, properties=props)
+                return RunOutcome(None, duration, problem=w.gone, properties=props, nnodes=nnodes)
             if w.final is not None and w.final.state != "COMPLETED":
-                return RunOutcome(None, duration, problem=describe_final(w.final), properties=props)
-        return RunOutcome(0, duration, properties=props)
+                return RunOutcome(None, duration, problem=describe_final(w.final), properties=props, nnodes=nnodes)
+        return RunOutcome(0, duration, properties=props, nnodes=nnodes)
 
     @staticmethod
     def _ids(watches: list[poller_mod.Watch]) -> str:
@@ -441,7 +442,8 @@ class SlurmExecutor(Executor):
             pass  # the controller may be restarting; close() tries again
         self.poller.kick()
 
-    def _properties(self, sub: Submission, result_time: float) -> dict[str, Any]:
+    def _properties(self, sub: Submission, result_time: float) -> tuple[dict[str, Any], float | None, int | None]:
+        """(JUnit facts, the job's run time from the accounting, the nodes it used)."""
         recs = [w.final or w.record for w in sub.watches]
         known = [r for r in recs if r is not None]
         props: dict[str, Any] = {
@@ -451,10 +453,13 @@ class SlurmExecutor(Executor):
         nodes = [r.nodes for r in known if r.nodes]
         if nodes:
             props["nodes"] = ",".join(nodes)
-            props["nnodes"] = sum(len(expand_hostlist(n)) for n in nodes)
+            nnodes: int | None = sum(len(expand_hostlist(n)) for n in nodes)
+        else:
+            nnodes = None
         parts = [r.partition for r in known if r.partition]
         if parts:
             props["partition"] = ",".join(dict.fromkeys(parts))
+        run_s: float | None = None
         submits = [r.submit for r in known if r.submit is not None]
         starts = [r.start for r in known if r.start is not None]
         ends = [r.end for r in known if r.end is not None]
@@ -463,14 +468,13 @@ class SlurmExecutor(Executor):
         if starts and ends:
             run_s = max(0.0, max(ends) - min(starts))
             props["run_s"] = f"{run_s:.0f}"
-            props["_duration"] = run_s
             props["slurm_result_delay_s"] = f"{result_time - max(ends):.2f}"
         markers = [w.marker for w in sub.watches if w.marker is not None and w.marker.exists()]
         if markers:
             props["slurm_marker_delay_s"] = f"{result_time - max(m.stat().st_mtime for m in markers):.2f}"
         if sub.plan is not None:
             props["slurm_batch_script"] = str(sub.plan.batch_path)
-        return props
+        return props, run_s, nnodes
 
     def _copy_back(self, spec: RunSpec, sub: Submission) -> None:
         """The multiple_results CSV that rank 0 wrote, where the session reads it."""

@@ -65,7 +65,7 @@ class TestMultiNodeArgs:
         assert m.rendezvous_port == 29600 and m.rendezvous_timeout == 12.5 and m.needs_barrier
         assert m.env() == {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "NNODES": "4", "NODE_RANK": "3",
                            "NCCL_SOCKET_IFNAME": "eth", "GLOO_SOCKET_IFNAME": "eth0"}
-        assert m.properties() == {"node_rank": "3", "nnodes": "4", "master_addr": "10.0.0.1", "launcher": "torchrun"}
+        assert m.properties() == {"node_rank": "3", "master_addr": "10.0.0.1"}  # nnodes, launcher: typed fields
 
     def test_lower_case_keys(self, net):
         assert mn({"nnodes": 2, "node_rank": 1}, net).node_rank == 1

@@ -211,7 +211,7 @@ class TestJUnitReadBack:
         result("m", 1234567.0, "tok/s", tags=("a", "b"), n_gpus=2, gpus=(0, 1), runtime_ngpus=2, duration=1.5,
                executor="docker", args="--bs 8", training_precision="fp16", dockerfile="docker/x",
                gpu_architecture="gfx942", dataname="d", image="img:1", build_duration=3.25,
-               properties={"docker_sha": "sha256:1", "launcher": "torchrun", "nnodes": 2},
+               docker_sha="sha256:1", launcher="torchrun", nnodes=2,
                warnings=["w1", "w2"]),
         result("mm", rows=[Row("mm_a", 1.0, "x", SUCCESS), Row("mm_b", 2.0, "x", FAILURE)], status=FAILURE,
                reason="mm_b: regressed", properties={"regressed": "mm_b", "delta_pct:mm_b": "-50.00"}),
