@@ -146,7 +146,7 @@ class RunOptions:
             kw["ulimits"] = [Ulimit(name=u.name, soft=u.soft, hard=u.hard) for u in self.ulimits]
         if self.device_requests:
             kw["device_requests"] = [
-                DeviceRequest(driver=r.driver, count=r.count, device_ids=list(r.device_ids) or None,
+                DeviceRequest(driver=r.driver, count=r.count, device_ids=list(r.device_ids) or None,  # type: ignore[arg-type]  # None: any device, as the SDK's own default
                               capabilities=[list(c) for c in r.capabilities], options=dict(r.options))
                 for r in self.device_requests
             ]

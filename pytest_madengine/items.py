@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ class EntryBroken(Exception):
 
 
 class ModelsFile(pytest.File):
-    def collect(self):  # type: ignore[override]
+    def collect(self) -> Iterator[pytest.Item]:
         session = mad_session(self.config)
         try:
             loaded = load_path(self.path, session.options.root)

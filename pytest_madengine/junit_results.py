@@ -88,7 +88,7 @@ def parse_metrics_block(text: str) -> list[tuple[str, str]] | None:
 
 def _suite_props_by_case(suite: TestSuite) -> dict[tuple[str, str], list[tuple[str, str]]]:
     grouped: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    for prop in suite.properties():
+    for prop in suite.properties():  # type: ignore[no-untyped-call]  # junitparser is untyped
         name = prop.name or ""
         if "::" not in name:
             continue
@@ -101,11 +101,12 @@ def _suite_props_by_case(suite: TestSuite) -> dict[tuple[str, str], list[tuple[s
 
 def case_properties(case: TestCase, suite_props: dict[tuple[str, str], list[tuple[str, str]]]) -> list[tuple[str, str]] | None:
     """Our values for one testcase, whichever form they were written in; None if it has none."""
-    for out in case.iterchildren(SystemOut):
+    for out in case.iterchildren(SystemOut):  # type: ignore[no-untyped-call]
         block = parse_metrics_block(out.text or "")
         if block is not None:
             return block
-    own = [(p.name or "", p.value or "") for props in case.iterchildren(Properties) for p in props.iterchildren(Property)]
+    own = [(p.name or "", p.value or "") for props in case.iterchildren(Properties)  # type: ignore[no-untyped-call]
+           for p in props.iterchildren(Property)]
     if any(k == "model" for k, _ in own):
         return own
     return suite_props.get((case.classname or "", case.name or ""))

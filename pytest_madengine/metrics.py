@@ -411,7 +411,11 @@ def parse_multiple_results(path: Path, model_name: str) -> list[ResultRow]:
                                    f"'model,performance,metric' and one row per result ({path})")
             names = [h.strip() for h in header]
             seen: set[str] = set()
-            dupes = [n for n in names if n and (n in seen or seen.add(n))]
+            dupes: list[str] = []
+            for n in names:
+                if n and n in seen:
+                    dupes.append(n)
+                seen.add(n)
             if dupes:
                 raise MetricsError(f"multiple_results file {shown} repeats column(s) "
                                    f"{', '.join(repr(d) for d in dict.fromkeys(dupes))} in its header")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,7 +25,7 @@ from .session import MadSession, Options
 MODEL_ITEMS = (ModelItem, BrokenItem)
 
 
-def _tagged(kind: str):
+def _tagged(kind: str) -> Callable[[str], tuple[str, str]]:
     return lambda value: (kind, value)
 
 
@@ -224,11 +225,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport,
+                                                                                          pytest.TestReport]:
     rep = yield
     plan = getattr(item, "mad_plan", None)
     if plan and rep.when == "call":
-        rep.mad_plan = plan  # travels to the xdist controller with the report
+        setattr(rep, "mad_plan", plan)  # noqa: B010 - travels to the xdist controller with the report
     result = getattr(item, "mad_result", None)
     if isinstance(item, MODEL_ITEMS) and result is not None and rep.when == "call":
         if rep.failed and result.status != FAILURE:
@@ -236,7 +238,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
             # the reports must say what pytest says.
             last = str(rep.longrepr).strip().splitlines()[-1:] if rep.longrepr else []
             result.fail(result.reason or f"failed after the run: {last[0] if last else 'error in a hook'}")
-        rep.mad_result = result.to_dict()
+        setattr(rep, "mad_result", result.to_dict())  # noqa: B010 - read back by result_from_report
         if item.config.getini("junit_family") in ("xunit1", "legacy"):
             item.user_properties.extend(report.junit_properties(result))
     return rep
@@ -308,9 +310,9 @@ class Reporter:
             for when, outcome in (("call", "failed"), ("teardown", "passed")):
                 rep = TestReport(nodeid=nodeid, location=(path, None, name), keywords={}, outcome=outcome,  # type: ignore[arg-type]
                                  longrepr=reason if outcome == "failed" else None, when=when)  # type: ignore[arg-type]
-                rep.mad_result = ModelResult(model=name, status=FAILURE, reason=reason).to_dict()
+                setattr(rep, "mad_result", ModelResult(model=name, status=FAILURE, reason=reason).to_dict())  # noqa: B010
                 if self.started.get(nodeid) is not None:  # complete the testcase its worker opened
-                    rep.node = self.started[nodeid]
+                    setattr(rep, "node", self.started[nodeid])  # noqa: B010
                 session.config.hook.pytest_runtest_logreport(report=rep)
 
     @pytest.hookimpl(trylast=True)
@@ -370,7 +372,7 @@ def _report_result(rep: pytest.TestReport) -> ModelResult | None:
         return result
     if not _is_model_nodeid(rep.nodeid):
         return None
-    if rep.when == "???" or (rep.when == "setup" and rep.failed) or (rep.when == "call" and rep.failed):
+    if str(rep.when) == "???" or (rep.when == "setup" and rep.failed) or (rep.when == "call" and rep.failed):
         # The process that ran it died or the item broke before reporting: still a row.
         name = rep.nodeid.split("::", 1)[1]
         reason = str(rep.longrepr).strip().splitlines()[-1] if rep.longrepr else "no result"

@@ -27,7 +27,7 @@ from .errors import ExecutorError, MadError, UsageError
 from .executors import factory
 from .executors.base import Cancel, ExecutorChoice, Plan, RunOutcome, RunSpec
 from .launchers import torchrun
-from .models import SCRIPT_KINDS, Model, path_bounds
+from .models import SCRIPT_KINDS, Model, TagSpec, path_bounds
 from .multinode_run import NodeRun, check_mirror, mirror_context_mounts, mirror_env, nothing_reported
 from .output import OutputSink
 from .result import FAILURE, SKIPPED, ModelResult, Row, evaluate
@@ -210,6 +210,8 @@ class MadSession:
             self.pool = gpus_mod.GpuPool(self.pool.vendor, (), "none", f"on the {self.executor.name} nodes")
         self.interrupts = Interrupts()
         self.names_seen: dict[str, Path] = {}
+        self.model_files: set[Path] = set()  # set by the plugin: what it collects
+        self.tag_specs: list[TagSpec] = []  # --mad-tags, parsed
         self._variants = VariantFinder(self.context, self.pool.vendor)
 
     def variants(self, model: Model) -> tuple[list[Variant], list[str]]:

@@ -153,7 +153,8 @@ class HtmlSummary:
         self.writer = writer
 
     @pytest.hookimpl(optionalhook=True)
-    def pytest_html_results_summary(self, prefix: list, summary: list, postfix: list, session: Any) -> None:
+    def pytest_html_results_summary(self, prefix: list[Any], summary: list[Any], postfix: list[Any],
+                                    session: Any) -> None:
         results = self.writer.results()
         if results:
             postfix.append(html_table(results))

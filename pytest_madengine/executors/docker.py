@@ -205,8 +205,8 @@ class ContainerPlan:
 
 @dataclass(frozen=True)
 class DockerPlan(Plan):
-    build: BuildPlan | None = None
-    container: ContainerPlan | None = None
+    build: BuildPlan
+    container: ContainerPlan
     rebuild: bool = False
 
     @property
@@ -215,7 +215,6 @@ class DockerPlan(Plan):
 
     def lines(self) -> list[str]:
         b, c = self.build, self.container
-        assert b is not None and c is not None
         out: list[str] = []
         if b.prebuilt:
             out.append(f"  image: {b.image} (MAD_CONTAINER_IMAGE: run as given, nothing built)")
@@ -1286,7 +1285,8 @@ class DockerExecutor(Executor):
     # -- cleanup
 
     def _ours(self, client: Any, label: str) -> list[dict[str, Any]]:
-        return client.api.containers(all=True, filters={"label": label})
+        found: list[dict[str, Any]] = client.api.containers(all=True, filters={"label": label})
+        return found
 
     def sweep_orphans(self) -> list[str]:
         """Remove containers whose owning pytest (on this host) is gone; keep-alive ones stay."""
