@@ -125,11 +125,15 @@ def pytest_configure(config: pytest.Config) -> None:
     extra = [Path(p) if os.path.isabs(p) else root / p for p in config.getoption("mad_models")]
     session.model_files = {p.resolve() for p in [*discover(root), *extra]}
     session.tag_specs = tags
+    # xdist's "dist" option and the "workerinput" attribute of a worker's config: no public way to
+    # ask "am I the controller of a distributed run" from pytest_configure (no request, no session).
     if tags and config.getoption("dist", "no") != "no" and not hasattr(config, "workerinput"):
         _check_tags_here(session, tags)
     if tags or extra:
         files = [str(p) for p in sorted(session.model_files)]
         if config.args_source != pytest.Config.ArgsSource.ARGS:
+            # config.args is not public (pytest 9); the public alternative, pytest_load_initial_conftests,
+            # runs before --mad-tags can be read as we need it.
             config.args = files  # `pytest --mad-tags=x` runs models, not the project's own tests
         else:
             config.args = [*config.args, *(f for f in files if f not in config.args)]
@@ -292,7 +296,7 @@ class Reporter:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         """Nothing is lost: a selected model that never reported (Ctrl-C, SIGTERM, -x, a lost
         worker) still gets its failed testcase and FAILURE row, before JUnit is written."""
-        from _pytest.reports import TestReport
+        TestReport = pytest.TestReport
 
         missing = [n for n in self.expected if n not in self.seen]
         if not missing or not self.loop_started:
@@ -335,6 +339,9 @@ class Reporter:
             self._xunit2(report, result)
 
     def _xunit2(self, rep: pytest.TestReport, result: ModelResult) -> None:
+        # No public API reaches the LogXML instance (xml_key), adds a suite property from a
+        # controller-side hook (record_testsuite_property is a fixture and fails under xdist), or
+        # appends <system-out> to a testcase (node_reporter): private, tested by test_private_apis.py.
         try:
             from _pytest.junitxml import xml_key
         except ImportError:
@@ -372,6 +379,7 @@ def _report_result(rep: pytest.TestReport) -> ModelResult | None:
         return result
     if not _is_model_nodeid(rep.nodeid):
         return None
+    # when == "???": how xdist marks the report of a crashed worker's item (not documented).
     if str(rep.when) == "???" or (rep.when == "setup" and rep.failed) or (rep.when == "call" and rep.failed):
         # The process that ran it died or the item broke before reporting: still a row.
         name = rep.nodeid.split("::", 1)[1]

@@ -20,6 +20,7 @@ def writer(config: pytest.Config, prefix: str = "", newline: bool = True) -> Cal
         capman = config.pluginmanager.get_plugin("capturemanager")
         with _LOCK:
             if capman is not None:
+                # private: capsys.disabled() serves tests only; a plugin has no public way past capture
                 with capman.global_and_fixture_disabled():
                     _emit(reporter, prefix + text, newline)
             else:

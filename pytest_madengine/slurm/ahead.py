@@ -23,6 +23,9 @@ def _worker_queue(config: pytest.Config) -> list[int] | None:
     """Indices of the items an xdist worker has been given but not started (None: not xdist)."""
     if not hasattr(config, "workerinput"):
         return None
+    # xdist has no public API for a worker's pending queue (its WorkerInteractor's torun and
+    # nextitem_index); a change is caught by test_private_apis.py, and here only costs the
+    # optimisation (an empty queue).
     for plugin in config.pluginmanager.get_plugins():
         if type(plugin).__name__ == "WorkerInteractor" and hasattr(plugin, "torun"):
             try:
