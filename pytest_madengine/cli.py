@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .junit_results import JUnitReadError
-from .merge import merge_files
+from pytest_madengine.results.junit import JUnitReadError
+from pytest_madengine.results.merge import merge_files
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ContextError
-from .literals import LiteralError, parse_dict_literal
+from pytest_madengine.errors import ContextError
+from pytest_madengine.literals import LiteralError, parse_dict_literal
 
 # madengine 1.x/2.x keys users have in their files, plus ours. Unknown keys only warn:
 # madengine accepts anything, and a typo should be visible but not fatal.

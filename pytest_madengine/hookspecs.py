@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from .context import Context
-    from .executors.base import ExecutorChoice
-    from .result import ModelResult
-    from .session import Options
+    from pytest_madengine.context import Context
+    from pytest_madengine.executors.base import ExecutorChoice
+    from pytest_madengine.results.result import ModelResult
+    from pytest_madengine.session import Options
 
 
 @pytest.hookspec(firstresult=True)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from .metrics import PerfScanner
+from pytest_madengine.results.metrics import PerfScanner
 
 MAX_LINE = 64 * 1024
 

@@ -11,16 +11,19 @@ from typing import Any, cast
 
 import pytest
 
-from . import hookspecs, report, runplugins, terminal
-from .context import Context
-from .errors import MadError, MadWarning, UsageError
-from .executors.base import ExecutorChoice
-from .executors.factory import BuiltinExecutors
-from .items import SESSION_KEY, BrokenItem, ModelItem, ModelsFile, mad_session
-from .models import BrokenEntry, discover, key_of, load_path, parse_tags, select, spec_name
-from .multinode import MultiNode
-from .result import FAILURE, ModelResult
-from .session import MadSession, Options
+from pytest_madengine import hookspecs
+from pytest_madengine.context import Context
+from pytest_madengine.errors import MadError, MadWarning, UsageError
+from pytest_madengine.executors.base import ExecutorChoice
+from pytest_madengine.executors.factory import BuiltinExecutors
+from pytest_madengine.models import BrokenEntry, discover, key_of, load_path, parse_tags, select, spec_name
+from pytest_madengine.multinode.settings import MultiNode
+from pytest_madengine.plugins import regression as runplugins
+from pytest_madengine.plugins import terminal
+from pytest_madengine.plugins.items import SESSION_KEY, BrokenItem, ModelItem, ModelsFile, mad_session
+from pytest_madengine.results import report
+from pytest_madengine.results.result import FAILURE, ModelResult
+from pytest_madengine.session import MadSession, Options
 
 MODEL_ITEMS = (ModelItem, BrokenItem)
 
@@ -114,7 +117,7 @@ def pytest_configure(config: pytest.Config) -> None:
             config.issue_config_time_warning(MadWarning(text), stacklevel=2)
     session.executor.progress = terminal.writer(config, prefix="madengine: ")  # build, pull, queue progress
     if session.executor.submits_ahead and not session.options.dry_run:  # queue later items' work early
-        from .slurm import ahead as slurm_ahead
+        from pytest_madengine.plugins import ahead as slurm_ahead
 
         slurm_ahead.register(config, session)
     try:
@@ -412,7 +415,7 @@ def mad_context(pytestconfig: pytest.Config) -> Context:
 @pytest.fixture(scope="session")
 def slurm_context(pytestconfig: pytest.Config) -> Any:
     """The run's validated ``slurm_args`` (a frozen ``SlurmArgs``), or None without them."""
-    from .slurm.args import parse
+    from pytest_madengine.executors.slurm.args import parse
 
     ctx = mad_session(pytestconfig).context
     return parse(ctx["slurm_args"]) if "slurm_args" in ctx else None

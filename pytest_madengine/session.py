@@ -18,22 +18,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import context as context_mod
-from . import docker_run_options, gitclone, registry
-from . import gpus as gpus_mod
-from . import multinode as multinode_mod
-from .context import Context
-from .errors import ExecutorError, MadError, UsageError
-from .executors import factory
-from .executors.base import Cancel, ExecutorChoice, Plan, RunOutcome, RunSpec
-from .launchers import torchrun
-from .models import SCRIPT_KINDS, Model, TagSpec, path_bounds
-from .multinode_run import NodeRun, check_mirror, mirror_context_mounts, mirror_env, nothing_reported
-from .output import OutputSink
-from .result import FAILURE, SKIPPED, ModelResult, Row, evaluate
-from .runfolder import copy_script_folder
-from .scheduling import WaitNotes
-from .variants import Variant, VariantFinder
+from pytest_madengine import context as context_mod
+from pytest_madengine.context import Context
+from pytest_madengine.errors import ExecutorError, MadError, UsageError
+from pytest_madengine.executors import factory
+from pytest_madengine.executors.base import Cancel, ExecutorChoice, Plan, RunOutcome, RunSpec
+from pytest_madengine.executors.docker import registry
+from pytest_madengine.executors.docker.variants import Variant, VariantFinder
+from pytest_madengine.gpus import devices as gpus_mod
+from pytest_madengine.gpus.scheduling import WaitNotes
+from pytest_madengine.models import SCRIPT_KINDS, Model, TagSpec, path_bounds
+from pytest_madengine.models import run_options as docker_run_options
+from pytest_madengine.multinode import settings as multinode_mod
+from pytest_madengine.multinode.launchers import torchrun
+from pytest_madengine.multinode.node import NodeRun, check_mirror, mirror_context_mounts, mirror_env, nothing_reported
+from pytest_madengine.output import OutputSink
+from pytest_madengine.results.result import FAILURE, SKIPPED, ModelResult, Row
+from pytest_madengine.verdict import evaluate
+from pytest_madengine.workspace import gitclone
+from pytest_madengine.workspace.paths import flat_name, safe_relpath
+from pytest_madengine.workspace.runfolder import copy_script_folder
 
 DEFAULT_TIMEOUT_S = 7200
 CLONE_TIMEOUT_S = 600.0  # a model's `url` clone (madengine: 240 s); large repositories with submodules need more
@@ -75,17 +79,6 @@ def script_argv(scripts: str, args: Sequence[str]) -> tuple[Path, tuple[str, ...
     if runner is not None:
         return p.parent, (runner, p.name, *args)
     return p, ("bash", "run.sh", *args)
-
-
-def flat_name(name: str) -> str:
-    """A model name as one folder name: run folders must not nest (``zoo`` vs ``zoo/bert``),
-    or wiping one would wipe the other's live folder."""
-    return str(safe_relpath(name)).replace("/", "__")
-
-
-def safe_relpath(name: str) -> Path:
-    parts = [part for part in name.replace("\\", "/").split("/") if part not in ("", ".", "..")]
-    return Path(*parts) if parts else Path("model")
 
 
 def script_env(model: Model, ctx: Context, *, vendor: str, arch: str, system_ngpus: int,
@@ -426,7 +419,7 @@ class MadSession:
     @contextmanager
     def allocate(self, n: int, on_wait: Any = None) -> Iterator[tuple[int, ...]]:
         # One pytest process runs one model at a time; xdist workers share through gpu locks.
-        from .gpulock import GpuLeases
+        from pytest_madengine.gpus.locks import GpuLeases
 
         if n == 0:
             yield ()

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .base import Executor, RunOutcome, RunSpec
+from pytest_madengine.executors.base import Executor, RunOutcome, RunSpec
 
 __all__ = ["Executor", "RunOutcome", "RunSpec"]

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..context import Context
-from ..models import Model
-from ..output import OutputSink
+from pytest_madengine.context import Context
+from pytest_madengine.models import Model
+from pytest_madengine.output import OutputSink
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from ..errors import UsageError
-from .base import ExecutorChoice
+from pytest_madengine.errors import UsageError
+from pytest_madengine.executors.base import ExecutorChoice
 
 BUILTIN = ("auto", "docker", "local", "slurm")
 
@@ -22,12 +22,12 @@ class BuiltinExecutors:
 def make(name: str, context: Any, options: Any, run_id: str) -> ExecutorChoice:
     """auto: SLURM when the context has ``slurm_args``, else Docker when a daemon answers,
     else the host. Imports are lazy: a run on the host never loads the Docker SDK."""
-    from .local import LocalExecutor
+    from pytest_madengine.executors.local import LocalExecutor
 
     if name == "slurm" or (name == "auto" and "slurm_args" in context):
         if "slurm_args" not in context:
             raise UsageError("--mad-executor=slurm needs 'slurm_args' in the context (see the README's SLURM section)")
-        from .slurm import SlurmExecutor
+        from pytest_madengine.executors.slurm.executor import SlurmExecutor
 
         return ExecutorChoice(SlurmExecutor(options, context, run_id),
                               "--mad-executor=slurm" if name == "slurm" else "slurm_args in context")
@@ -37,7 +37,7 @@ def make(name: str, context: Any, options: Any, run_id: str) -> ExecutorChoice:
         raise UsageError(f"--mad-executor: no backend named {name!r}; built in: {', '.join(BUILTIN)} "
                          "(a plugin can add more through pytest_mad_make_executor)")
     try:
-        from .docker import DockerExecutor
+        from pytest_madengine.executors.docker.executor import DockerExecutor
     except ImportError as exc:  # the docker SDK is a dependency, but say so if it is broken
         if name == "docker":
             raise UsageError(f"--mad-executor=docker: cannot import the Docker SDK: {exc}") from None

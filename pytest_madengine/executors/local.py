@@ -11,9 +11,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .. import process
-from ..output import OutputSink
-from .base import Cancel, Executor, Plan, RunOutcome, RunSpec, render_env
+from pytest_madengine import process
+from pytest_madengine.executors.base import Cancel, Executor, Plan, RunOutcome, RunSpec, render_env
+from pytest_madengine.output import OutputSink
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 
 from pytest_madengine.context import Context
-from pytest_madengine.executors import docker as dx
 from pytest_madengine.executors.base import RunSpec
+from pytest_madengine.executors.docker import executor as dx
 from pytest_madengine.models import Model
 
 from .multinode_helpers import unavailable

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from pytest_madengine.executors import docker as dx
+from pytest_madengine.executors.docker import executor as dx
 
 from .multinode_helpers import Nodes, copy_demo, free_port_pair, node_context, show, unavailable
 

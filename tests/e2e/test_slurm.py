@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from junitparser import JUnitXml, Properties, Property
 
-from pytest_madengine.slurm.records import expand_hostlist
+from pytest_madengine.executors.slurm.records import expand_hostlist
 
 from .conftest import ModelRepo
 

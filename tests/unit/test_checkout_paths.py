@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine import livelogs
 from pytest_madengine.errors import ExecutorError
 from pytest_madengine.models import BrokenEntry, Model, load_path, parse_tags, path_bounds, spec_name
-from pytest_madengine.runfolder import copy_script_folder
 from pytest_madengine.session import script_argv
+from pytest_madengine.workspace import livelogs
+from pytest_madengine.workspace.runfolder import copy_script_folder
 
 
 def write_models(path: Path, entries: list[dict]) -> Path:
@@ -163,8 +163,8 @@ def test_generated_models_see_their_scoped_name_in_update_model(tmp_path: Path) 
 
 
 def test_a_baseline_compares_each_dockerfile_item_with_its_own_row(tmp_path: Path) -> None:
-    from pytest_madengine import baseline
-    from pytest_madengine.result import SUCCESS, ModelResult, Row
+    from pytest_madengine.results import baseline
+    from pytest_madengine.results.result import SUCCESS, ModelResult, Row
 
     csv_path = tmp_path / "perf.csv"
     csv_path.write_text("model,performance,metric,status,docker_file\n"

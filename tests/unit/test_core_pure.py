@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 
 from pytest_madengine import context as ctx_mod
-from pytest_madengine import gpus
 from pytest_madengine.context import Context
 from pytest_madengine.errors import ContextError, UsageError
 from pytest_madengine.executors.base import RunOutcome
-from pytest_madengine.metrics import PerfLine
+from pytest_madengine.gpus import devices as gpus
 from pytest_madengine.models import Model
-from pytest_madengine.report import PERF_COLUMNS, append_perf_csv, junit_properties, perf_rows
-from pytest_madengine.result import FAILURE, SUCCESS, ModelResult, Row, evaluate
+from pytest_madengine.results.metrics import PerfLine
+from pytest_madengine.results.report import PERF_COLUMNS, append_perf_csv, junit_properties, perf_rows
+from pytest_madengine.results.result import FAILURE, SUCCESS, ModelResult, Row
 from pytest_madengine.session import resolve_timeout, script_argv, script_env, skip_reason
+from pytest_madengine.verdict import evaluate
 
 
 def model(**kw) -> Model:

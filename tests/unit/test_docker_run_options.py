@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from pytest_madengine import docker_run_options as dro
-from pytest_madengine.docker_run_options import (
+from pytest_madengine.errors import MadError
+from pytest_madengine.models import run_options as dro
+from pytest_madengine.models.run_options import (
     DockerRunOptionsError,
     GpuRequest,
     RunOptions,
@@ -18,7 +19,6 @@ from pytest_madengine.docker_run_options import (
     merge_into,
     parse,
 )
-from pytest_madengine.errors import MadError
 
 HOST_ENV = {"HOME": "/root", "HF_TOKEN": "hf_abc", "EMPTY": ""}
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine import dockerfiles
 from pytest_madengine.errors import DockerfileError
+from pytest_madengine.executors.docker import dockerfiles
 
 
 def write(folder: Path, name: str, text: str) -> Path:

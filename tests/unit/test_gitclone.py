@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pytest_madengine.errors import MadError
-from pytest_madengine.gitclone import (
+from pytest_madengine.workspace.gitclone import (
     CREDENTIAL_HELPER,
     PASSWORD_ENV,
     USER_ENV,

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from pytest_madengine.errors import MetricsError, UsageError
-from pytest_madengine.metrics import (
+from pytest_madengine.results.metrics import (
     EXTRA_PREFIX,
     HF_METRIC,
     MADENGINE_HF_PATTERN,
@@ -120,7 +120,7 @@ def test_not_a_performance_line(line):
 
 def test_atomic_regex_matches_exactly_what_madengine_matches():
     """Our linear-time pattern and madengine's verbatim pattern agree on random lines."""
-    from pytest_madengine.metrics import _PERF_RE
+    from pytest_madengine.results.metrics import _PERF_RE
 
     ref = re.compile(MADENGINE_PERFORMANCE_PATTERN)
     alphabet = "0123456789.eE+-/s, \tx:NAa"
@@ -448,8 +448,8 @@ def test_reserved_names_cover_perf_csv_and_per_row_junit_keys():
 
 
 def test_reserved_names_cover_every_per_row_baseline_property():
-    from pytest_madengine import baseline
-    from pytest_madengine.result import SUCCESS, ModelResult, Row
+    from pytest_madengine.results import baseline
+    from pytest_madengine.results.result import SUCCESS, ModelResult, Row
 
     rows = [Row("m_a", 1.0, "x", SUCCESS), Row("m_b", 1.0, "x", SUCCESS), Row("m_c", 1.0, "x", SUCCESS)]
     r = ModelResult("m", SUCCESS, rows=rows)

@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine import multinode, rendezvous
 from pytest_madengine.context import Context
 from pytest_madengine.errors import MetricsError, UsageError
-from pytest_madengine.launchers import mpirun, torchrun
 from pytest_madengine.models import Model
-from pytest_madengine.multinode import Host, MultiNode, from_context, launch_env, parse_hosts
-from pytest_madengine.multinode_run import NodeRun, check_mirror, nothing_reported
-from pytest_madengine.ranks import RankValue, combine, rank_file_values, rank_files, rank_lines, rank_tag
-from pytest_madengine.result import FAILURE, SUCCESS, ModelResult, Row
+from pytest_madengine.multinode import rendezvous
+from pytest_madengine.multinode import settings as multinode
+from pytest_madengine.multinode.launchers import mpirun, torchrun
+from pytest_madengine.multinode.node import NodeRun, check_mirror, nothing_reported
+from pytest_madengine.multinode.ranks import RankValue, combine, rank_file_values, rank_files, rank_lines, rank_tag
+from pytest_madengine.multinode.settings import Host, MultiNode, from_context, launch_env, parse_hosts
+from pytest_madengine.results.result import FAILURE, SUCCESS, ModelResult, Row
 from pytest_madengine.session import script_env
 
 

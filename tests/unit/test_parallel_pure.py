@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine import baseline as bl
-from pytest_madengine.baseline import Baseline, BaselineError, Entry
 from pytest_madengine.errors import UsageError
-from pytest_madengine.junit_results import mangle, parse_metrics_block, read_results, result_from_properties
-from pytest_madengine.report import junit_properties, metrics_block, perf_rows, summary_rows
-from pytest_madengine.result import FAILURE, SKIPPED, SUCCESS, ModelResult, Row
-from pytest_madengine.scheduling import WaitNotes, gpu_demand, largest_first
-from pytest_madengine.summary import bars, markdown, svg_chart
+from pytest_madengine.gpus.scheduling import WaitNotes, gpu_demand, largest_first
+from pytest_madengine.results import baseline as bl
+from pytest_madengine.results.baseline import Baseline, BaselineError, Entry
+from pytest_madengine.results.junit import mangle, parse_metrics_block, read_results, result_from_properties
+from pytest_madengine.results.report import junit_properties, metrics_block, perf_rows, summary_rows
+from pytest_madengine.results.result import FAILURE, SKIPPED, SUCCESS, ModelResult, Row
+from pytest_madengine.results.summary import bars, markdown, svg_chart
 
 
 def result(name="m", value=100.0, metric="samples_per_second", rows=None, **kw) -> ModelResult:
@@ -285,7 +285,7 @@ class TestPriorityGate:
         import threading
         import time
 
-        from pytest_madengine.gpulock import GpuLeases
+        from pytest_madengine.gpus.locks import GpuLeases
 
         leases = GpuLeases.for_run(tmp_path, (0, 1))
         stop = threading.Event()
@@ -317,7 +317,7 @@ class TestPriorityGate:
         import threading
         import time
 
-        from pytest_madengine.gpulock import GpuLeases
+        from pytest_madengine.gpus.locks import GpuLeases
 
         leases = GpuLeases.for_run(tmp_path, (0, 1, 2))
         stop = threading.Event()
@@ -346,7 +346,7 @@ class TestPriorityGate:
         assert not list((tmp_path / ".gpu-locks" / "waiting").glob("*.lock"))  # announcements removed
 
     def test_a_dead_waiters_announcement_is_ignored_and_removed(self, tmp_path):
-        from pytest_madengine.gpulock import GpuLeases
+        from pytest_madengine.gpus.locks import GpuLeases
 
         leases = GpuLeases.for_run(tmp_path, (0, 1))
         stale = tmp_path / ".gpu-locks" / "waiting" / "0002-99999-0.lock"

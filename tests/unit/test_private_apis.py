@@ -300,9 +300,9 @@ def test_worker_interactor_queue():
         _fail("WorkerInteractor.nextitem_index", where, "torun.get() no longer hands out item indices")
 
     try:
-        from pytest_madengine.slurm.ahead import _worker_queue
+        from pytest_madengine.plugins.ahead import _worker_queue
     except ImportError:
-        pytest.skip("pytest_madengine.slurm.ahead._worker_queue is gone")
+        pytest.skip("pytest_madengine.plugins.ahead._worker_queue is gone")
     config = types.SimpleNamespace(workerinput={}, pluginmanager=types.SimpleNamespace(get_plugins=lambda: [interactor]))
     got = _worker_queue(config)  # type: ignore[arg-type]
     if got != [3, 5]:
@@ -414,9 +414,9 @@ def test_session_should_stop_and_fail():
 def test_mangle_matches_pytest():
     mangle_test_address = _attr("_pytest.junitxml", "mangle_test_address", "junit_results.py mangle (a copy)")
     try:
-        from pytest_madengine.junit_results import mangle
+        from pytest_madengine.results.junit import mangle
     except ImportError:
-        pytest.skip("pytest_madengine.junit_results.mangle is gone")
+        pytest.skip("pytest_madengine.results.junit.mangle is gone")
     for nodeid in ("models.json::m", "scripts/x/get_models_json.py::a[ctx.ubuntu.amd]",
                    "dir/models.json::m[x::y/z.py]", "t/test_a.py::TestC::test_b[1-2]"):
         names = mangle_test_address(nodeid)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine import registry
-from pytest_madengine.registry import Credential, CredentialError
+from pytest_madengine.executors.docker import registry
+from pytest_madengine.executors.docker.registry import Credential, CredentialError
 
 SECRET = "pa55-w0rd-xyz"
 

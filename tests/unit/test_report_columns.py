@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from pytest_madengine import report
 from pytest_madengine.executors.base import RunOutcome
-from pytest_madengine.junit_results import read_results, result_from_properties
-from pytest_madengine.merge import merge_files
-from pytest_madengine.metrics import PERF_CSV_COLUMNS
-from pytest_madengine.report import (
+from pytest_madengine.results import report
+from pytest_madengine.results.junit import read_results, result_from_properties
+from pytest_madengine.results.merge import merge_files
+from pytest_madengine.results.metrics import PERF_CSV_COLUMNS
+from pytest_madengine.results.report import (
     NUMERIC_COLUMNS,
     PERF_COLUMNS,
     append_perf_csv,
@@ -31,7 +31,8 @@ from pytest_madengine.report import (
     perf_rows,
     spreadsheet_safe,
 )
-from pytest_madengine.result import FAILURE, SUCCESS, ModelResult, Row, evaluate
+from pytest_madengine.results.result import FAILURE, SUCCESS, ModelResult, Row
+from pytest_madengine.verdict import evaluate
 
 MR = "model,performance,metric,batch_size,seq_len,latency_ms\n" \
      "bs8,100.5,tok/s,8,128,12.5\nbs32,380,tok/s,32,512,-1.5\n"

@@ -13,7 +13,7 @@ from pytest_madengine.errors import ExecutorError
 from pytest_madengine.executors.base import Cancel, Executor, ExecutorChoice, Plan, RunOutcome, RunSpec
 from pytest_madengine.models import load_path
 from pytest_madengine.output import OutputSink
-from pytest_madengine.result import FAILURE, SKIPPED, SUCCESS
+from pytest_madengine.results.result import FAILURE, SKIPPED, SUCCESS
 from pytest_madengine.session import MadSession, Options
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from pytest_madengine.errors import UsageError
-from pytest_madengine.slurm.args import (
+from pytest_madengine.executors.slurm.args import (
     DEFAULT_QUEUE_TIMEOUT_S,
     SlurmArgs,
     check_partition,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine.slurm.batch import BatchPlan, batch_script, job_name, task_script
+from pytest_madengine.executors.slurm.batch import BatchPlan, batch_script, job_name, task_script
 
 
 def plan(tmp: Path = Path("/shared/logs/m.slurm"), **kw: object) -> BatchPlan:
@@ -142,10 +142,10 @@ def test_executor_reports_unexportable_names_as_the_models_problem(
     """task_script's ValueError is no crash: the item fails with a reason naming model and field."""
     from pytest_madengine.context import Context
     from pytest_madengine.executors.base import RunSpec
-    from pytest_madengine.executors.slurm import SlurmExecutor
+    from pytest_madengine.executors.slurm import poller as P
+    from pytest_madengine.executors.slurm.executor import SlurmExecutor
     from pytest_madengine.models import Model
     from pytest_madengine.session import Options
-    from pytest_madengine.slurm import poller as P
 
     class Cluster(P.Controller):
         def partitions(self) -> list[str]:

@@ -9,10 +9,10 @@ import pytest
 from pytest_madengine.context import Context
 from pytest_madengine.errors import UsageError
 from pytest_madengine.executors.base import RunSpec
-from pytest_madengine.executors.slurm import SlurmExecutor, spec_key
+from pytest_madengine.executors.slurm import poller as P
+from pytest_madengine.executors.slurm.executor import SlurmExecutor, spec_key
 from pytest_madengine.models import Model
 from pytest_madengine.session import Options
-from pytest_madengine.slurm import poller as P
 
 
 class Partitions(P.Controller):

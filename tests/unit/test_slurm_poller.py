@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_madengine.slurm import poller as P
-from pytest_madengine.slurm.records import JobRecord
+from pytest_madengine.executors.slurm import poller as P
+from pytest_madengine.executors.slurm.records import JobRecord
 
 SCALE = 25.0
 

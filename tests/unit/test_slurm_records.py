@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from pytest_madengine.executors.slurm import framework_log_order
-from pytest_madengine.slurm.records import (
+from pytest_madengine.executors.slurm.executor import framework_log_order
+from pytest_madengine.executors.slurm.records import (
     JobRecord,
     describe_final,
     expand_hostlist,

@@ -1,0 +1,7 @@
+"""The Docker backend: which Dockerfiles a model runs with (dockerfiles, variants), registry
+credentials (registry), the card's ``additional_docker_run_options`` (run_options), and the
+executor (plan, image build/pull, container run, daemon connection and sweep)."""
+
+from pytest_madengine.executors.docker.executor import DockerExecutor, DockerPlan
+
+__all__ = ["DockerExecutor", "DockerPlan"]

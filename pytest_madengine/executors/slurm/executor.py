@@ -1,0 +1,542 @@
+"""Run a model as SLURM job(s): submit, follow with the shared poller, report.
+
+Two paths, chosen by ``slurm_args``:
+
+* framework (``FRAMEWORK`` set): ``scripts/<FRAMEWORK>/run.sh`` submits the job(s) itself;
+  we run it with MODEL_NAME, node counts, PARTITION, TIME and DOCKER_IMAGE in its
+  environment, read the job ids it printed and follow every one of them to its end;
+* native: we write the batch script (``slurm.batch``), submit it with
+  ``sbatch --parsable``, and every node runs the model's script with
+  ``MAD_MULTI_NODE_RUNNER`` set for a torchrun rendezvous on the job's first node.
+
+A COMPLETED job is exit 0 and its nodes' logs (rank 0 first, each line prefixed with its
+node) go into the model's log, so performance lines are read as for any other executor;
+any other final state is the item's one-line reason. Our timeout, Ctrl-C and the end of
+the session ``scancel`` what this run submitted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_madengine import process
+from pytest_madengine.context import Context
+from pytest_madengine.errors import ExecutorError, UsageError
+from pytest_madengine.executors.base import SECRET_MARKERS, Cancel, Executor, Plan, RunOutcome, RunSpec, render_env
+from pytest_madengine.executors.slurm import args as args_mod
+from pytest_madengine.executors.slurm import batch as batch_mod
+from pytest_madengine.executors.slurm import poller as poller_mod
+from pytest_madengine.executors.slurm.records import describe_final, expand_hostlist, job_ids_from_output
+from pytest_madengine.output import MAX_LINE, OutputSink
+from pytest_madengine.workspace.paths import safe_relpath
+
+SUBMIT_TIMEOUT_S = 600.0  # a framework's run.sh must have submitted by then
+CONTROLLER_GRACE_S = 900.0  # slurmctld unreachable this long fails the item
+CANCEL_WAIT_S = 15.0  # after scancel, how long we wait to read the final state
+
+
+def _relpath(name: str) -> Path:
+    return safe_relpath(name)
+
+
+@dataclass
+class Submission:
+    """The job(s) one model's run submitted, and what the submission said."""
+
+    key: tuple[Any, ...]
+    kind: str  # native | framework
+    job_dir: Path
+    submitted: float  # epoch, just before submitting
+    watches: list[poller_mod.Watch] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # our lines for the log
+    output: list[str] = field(default_factory=list)  # the framework script's own output
+    problem: str = ""
+    plan: batch_mod.BatchPlan | None = None
+    ahead: bool = False
+
+
+def framework_log_order(names: list[str], job_id: str) -> list[tuple[str, int | None]]:
+    """A framework job's output files (names holding its id), rank 0 first: files named
+    ``...node<k>`` / ``rank<k>`` / ``task<k>`` in rank order, then the others by name."""
+    own = re.compile(rf"(?<![0-9A-Za-z]){re.escape(job_id)}(?![0-9])")
+    ranked = []
+    for name in names:
+        if not own.search(name) or name.endswith(".done"):
+            continue
+        m = re.search(r"(?:node|rank|task)[-_.]?([0-9]+)", name)
+        ranked.append(((0, int(m.group(1))) if m else (1, 0), name))
+    return [(name, key[1] if key[0] == 0 else None) for key, name in sorted(ranked)]
+
+
+def spec_key(spec: RunSpec) -> tuple[Any, ...]:
+    """What a submitted-ahead job must share with the item's own plan to be used for it."""
+    return (spec.model.name, tuple(spec.argv), tuple(sorted(spec.env.items())), str(spec.run_dir),
+            spec.timeout)
+
+
+@dataclass(frozen=True)
+class SlurmPlan(Plan):
+    """native: the batch and task scripts we write and the sbatch argv; framework: the
+    model's framework script that submits its own jobs, with its environment."""
+
+    path: str = "native"  # native | framework
+    argv: tuple[str, ...] = ()
+    cwd: str = ""
+    env_added: Mapping[str, str] = field(default_factory=dict)
+    batch: batch_mod.BatchPlan | None = None
+    batch_script: str = ""
+    task_script: str = ""
+    queue_timeout: float | None = None
+
+    @property
+    def executor(self) -> str:
+        return "slurm"
+
+    def lines(self) -> list[str]:
+        out = [f"  {self.path}: {shlex.join(self.argv)} (in {self.cwd})"]
+        if self.queue_timeout:
+            out.append(f"  queue timeout: {self.queue_timeout:g} s")
+        if self.path == "framework":
+            return [*out, "  environment added:", *render_env(self.env_added, "    ")]
+        masked = "\n".join(
+            line if "=" not in line or not any(m in line.split("=", 1)[0].upper() for m in SECRET_MARKERS)
+            else line.split("=", 1)[0] + "=***" for line in self.task_script.splitlines())
+        return [*out, "  --- batch script ---", *("  " + ln for ln in self.batch_script.splitlines()),
+                "  --- task script (run on every node) ---", *("  " + ln for ln in masked.splitlines())]
+
+
+class SlurmExecutor(Executor):
+    name = "slurm"
+    remote_gpus = True  # the nodes' GPUS_PER_NODE, not this host's
+    submits_ahead = True
+
+    def __init__(self, options: Any, context: Context, run_id: str, *,
+                 poller: poller_mod.SlurmPoller | None = None) -> None:
+        self.args = args_mod.parse(context.get("slurm_args"))
+        self.options = options
+        self.context = context
+        self.run_id = run_id
+        self.poller = poller or poller_mod.shared()
+        try:
+            known = self.poller.controller.partitions()
+        except poller_mod.ControllerError as exc:
+            raise UsageError(f"slurm_args: cannot list this cluster's partitions with sinfo: {exc}") from None
+        args_mod.check_partition(self.args, known)
+        self._ahead: dict[str, Submission] = {}
+        self._mine: list[poller_mod.Watch] = []  # every job this run submitted
+        self._lock = threading.Lock()
+
+    @property
+    def ahead_depth(self) -> int:
+        """How many later items' jobs to queue ahead (slurm_args SUBMIT_AHEAD)."""
+        return int(self.args.submit_ahead)
+
+    def describe(self) -> str:
+        a = self.args
+        what = f"framework {a.framework}" if a.framework else f"{a.nodes} node(s)"
+        return f"slurm (partition {a.partition}, {what}, time {a.time})"
+
+    # ---- paths
+    def job_dir(self, model_name: str) -> Path:
+        rel = _relpath(model_name)
+        return (Path(self.options.log_dir) / rel.parent / f"{rel.name}.slurm").resolve()
+
+    def node_dir(self, model_name: str) -> Path:
+        rel = _relpath(model_name)
+        return (Path(self.options.work_dir) / rel.parent / f"{rel.name}.slurm").resolve()
+
+    def framework_script(self, spec: RunSpec) -> Path:
+        return spec.workspace / "scripts" / self.args.framework / "run.sh"
+
+    # ---- plans (data, no side effects)
+    def batch_plan(self, spec: RunSpec) -> batch_mod.BatchPlan:
+        a = self.args
+        argv = list(spec.argv)
+        if argv and argv[0] == "python3" and not a.docker_image:
+            argv[0] = sys.executable  # the same Python, on the shared file system
+        return batch_mod.BatchPlan(
+            job_name=batch_mod.job_name(self.run_id, spec.model.name), job_dir=self.job_dir(spec.model.name),
+            node_dir=self.node_dir(spec.model.name), argv=tuple(argv), env=dict(spec.env), nodes=a.nodes,
+            gpus_per_node=a.gpus_for(spec.model.n_gpus), partition=a.partition, time=a.time,
+            account=a.account, qos=a.qos, nodelist=a.nodelist, exclude=a.exclude,
+            extra_sbatch=a.extra_sbatch, docker_image=a.docker_image, gpu_vendor=spec.gpu_vendor,
+            workspace=spec.workspace,
+            path_prefix="" if a.docker_image else os.path.dirname(sys.executable),
+        )
+
+    def framework_env(self, spec: RunSpec) -> dict[str, str]:
+        a = self.args
+        env = {k: v for k, v in spec.env.items() if k not in batch_mod.NODE_VARS}
+        env.update(a.framework_env(args_mod.model_name_from_args(spec.argv[2:], spec.model.name)))
+        env.update({
+            "MAD_SLURM_LOG_DIR": str(self.job_dir(spec.model.name)),
+            "MAD_SLURM_JOB_NAME": batch_mod.job_name(self.run_id, spec.model.name),
+            # sbatch's own defaults, for scripts that do not pass these options themselves
+            "SBATCH_JOB_NAME": batch_mod.job_name(self.run_id, spec.model.name),
+            "SBATCH_PARTITION": a.partition, "SBATCH_TIMELIMIT": a.time,
+        })
+        if a.account:
+            env["SBATCH_ACCOUNT"] = a.account
+        if a.qos:
+            env["SBATCH_QOS"] = a.qos
+        return env
+
+    def plan(self, spec: RunSpec) -> SlurmPlan:
+        if self.args.framework:
+            return SlurmPlan(spec=spec, path="framework", argv=("bash", str(self.framework_script(spec))),
+                             cwd=str(self.job_dir(spec.model.name)), env_added=self.framework_env(spec),
+                             queue_timeout=self.args.queue_timeout)
+        batch = self.batch_plan(spec)
+        bad = batch_mod.bad_env_names(batch.env)
+        if bad:
+            field_ = ("models.json field 'env_vars'" if bad[0] in spec.model.env_vars
+                      else "context 'docker_env_vars'")
+            raise ExecutorError(f"model '{spec.model.name}': {field_}: environment variable name {bad[0]!r} "
+                                "cannot be exported by the SLURM task script (letters, digits and _, "
+                                "not starting with a digit)")
+        try:
+            batch_text, task_text = batch_mod.batch_script(batch), batch_mod.task_script(batch)
+        except ValueError as exc:
+            raise ExecutorError(f"model '{spec.model.name}': cannot write its SLURM job: {exc}") from None
+        return SlurmPlan(spec=spec, path="native", argv=("sbatch", "--parsable", str(batch.batch_path)),
+                         cwd=str(batch.job_dir), batch=batch, batch_script=batch_text, task_script=task_text,
+                         queue_timeout=self.args.queue_timeout)
+
+    # ---- submission
+    def submit_ahead(self, plan: Plan) -> None:
+        """Queue a later item's job now (see slurm.ahead); its item picks it up."""
+        assert isinstance(plan, SlurmPlan)
+        with self._lock:
+            if plan.spec.model.name in self._ahead:
+                return
+        sub = self.start(plan, Cancel())
+        sub.ahead = True
+        with self._lock:
+            self._ahead[plan.spec.model.name] = sub
+
+    def _take_ahead(self, spec: RunSpec) -> tuple[Submission | None, list[str]]:
+        with self._lock:
+            sub = self._ahead.pop(spec.model.name, None)
+        if sub is None:
+            return None, []
+        if sub.key == spec_key(spec):
+            return sub, []
+        ids = [w.job_id for w in sub.watches]
+        self._scancel(sub.watches)
+        return None, [f"the job submitted ahead ({', '.join(ids) or 'none'}) was planned differently: "
+                      "cancelled, submitting again"]
+
+    def start(self, plan: SlurmPlan, cancel: Cancel) -> Submission:
+        spec = plan.spec
+        job_dir = self.job_dir(spec.model.name)
+        shutil.rmtree(job_dir, ignore_errors=True)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        kind = "framework" if self.args.framework else "native"
+        sub = Submission(spec_key(spec), kind, job_dir, time.time())
+        try:
+            if kind == "framework":
+                self._start_framework(plan, sub, cancel)
+            else:
+                self._start_native(plan, sub)
+        except UsageError as exc:
+            sub.problem = str(exc)
+        except OSError as exc:
+            sub.problem = f"cannot prepare the SLURM job: {exc}"
+        return sub
+
+    def _start_native(self, splan: SlurmPlan, sub: Submission) -> None:
+        spec, plan = splan.spec, splan.batch
+        assert plan is not None
+        sub.plan = plan
+        if not spec.run_dir.is_dir():
+            sub.problem = f"run folder {spec.run_dir} does not exist"
+            return
+        bad = batch_mod.bad_env_names(plan.env)
+        if bad:
+            field = ("models.json field 'env_vars'" if bad[0] in spec.model.env_vars
+                     else "context 'docker_env_vars'")
+            sub.problem = (f"model '{spec.model.name}': {field}: environment variable name {bad[0]!r} "
+                           "cannot be exported by the SLURM task script (letters, digits and _, "
+                           "not starting with a digit)")
+            return
+        batch_text, task_text = splan.batch_script, splan.task_script
+        # Every node runs in its own copy of the run folder (shared file system).
+        shutil.rmtree(plan.node_dir, ignore_errors=True)
+        for rank in range(plan.nodes):
+            shutil.copytree(spec.run_dir, plan.node_dir / f"node{rank}", symlinks=True)
+        plan.batch_path.write_text(batch_text)
+        plan.task_path.write_text(task_text)
+        plan.task_path.chmod(0o700)  # it holds the model's environment
+        argv = list(splan.argv)
+        sub.submitted = time.time()
+        try:
+            out = self.poller.controller.run(argv)
+        except poller_mod.ControllerError as exc:
+            sub.problem = f"sbatch refused the job: {str(exc).removeprefix('sbatch: ')}"
+            return
+        job_id = out.strip().splitlines()[-1].split(";")[0].strip() if out.strip() else ""
+        if not job_id.isdigit():
+            sub.problem = f"sbatch --parsable printed no job id: {out.strip()[:200]!r}"
+            return
+        sub.notes.append(f"SLURM job {job_id} submitted ({plan.nodes} node(s), partition {plan.partition}, "
+                         f"time {plan.time}); batch script {plan.batch_path}")
+        self._watch(sub, job_id, plan.job_name, plan.marker(job_id))
+
+    def _start_framework(self, splan: SlurmPlan, sub: Submission, cancel: Cancel) -> None:
+        script = Path(splan.argv[1])
+        if not script.is_file():
+            sub.problem = (f"slurm_args FRAMEWORK {self.args.framework!r}: {script} not found "
+                           f"(frameworks live in scripts/<FRAMEWORK>/run.sh)")
+            return
+        env = dict(os.environ)
+        env.update(splan.env_added)
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        sub.notes.append(f"framework {self.args.framework}: bash {script} (MODEL_NAME={env['MODEL_NAME']}, "
+                         f"logs in {sub.job_dir})")
+        sub.submitted = time.time()
+        try:
+            proc = subprocess.Popen(list(splan.argv), cwd=splan.cwd, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            sub.problem = f"cannot start {script}: {exc.strerror or exc}"
+            return
+        out: list[bytes] = []
+        stream = proc.stdout
+        assert stream is not None
+        reader = threading.Thread(target=lambda: out.extend(iter(lambda: stream.readline(MAX_LINE), b"")),
+                                  daemon=True)
+        reader.start()
+        if process.wait(proc, cancel, process.Deadline(SUBMIT_TIMEOUT_S)) is not None:
+            process.kill_group(proc.pid, leader=proc)
+        proc.wait()
+        reader.join(timeout=5)
+        sub.output = [b.decode("utf-8", "replace").rstrip("\n") for b in out]
+        ids = job_ids_from_output("\n".join(sub.output))
+        for job_id in ids:
+            self._watch(sub, job_id, None, None)
+        if ids:
+            sub.notes.append(f"framework {self.args.framework} submitted SLURM job(s) {', '.join(ids)}")
+        if cancel:
+            sub.problem = "interrupted while the framework script was submitting"
+        elif proc.returncode != 0:
+            sub.problem = f"scripts/{self.args.framework}/run.sh exited {proc.returncode} while submitting"
+        elif not ids:
+            sub.problem = (f"scripts/{self.args.framework}/run.sh submitted no job (its output has no "
+                           "'Submitted batch job N' line and no sbatch --parsable id)")
+        if sub.problem and sub.watches:
+            self._scancel(sub.watches)
+
+    def _watch(self, sub: Submission, job_id: str, name: str | None, marker: Path | None) -> None:
+        w = self.poller.watch(job_id, name, sub.submitted, marker)
+        sub.watches.append(w)
+        with self._lock:
+            self._mine.append(w)
+
+    # ---- following the job(s)
+    def run(self, plan: Plan, sink: OutputSink, cancel: Cancel) -> RunOutcome:
+        assert isinstance(plan, SlurmPlan)
+        spec = plan.spec
+        t0 = time.monotonic()
+        sub, notes = self._take_ahead(spec)
+        for note in notes:
+            sink.note(note)
+        if sub is None:
+            sub = self.start(plan, cancel)
+        elif sub.ahead:
+            sink.note("submitted ahead of its turn (slurm_args SUBMIT_AHEAD)")
+        for note in sub.notes:
+            sink.note(note)
+        for line in sub.output:
+            sink.write(line)
+        props: dict[str, Any] = {"partition": self.args.partition}
+        if sub.problem:
+            return RunOutcome(None, time.monotonic() - t0, problem=sub.problem, properties=props)
+        timed_out = interrupted = False
+        problem = ""
+        while True:
+            live = [w for w in sub.watches if not w.done.is_set()]
+            if not live:
+                break
+            live[0].done.wait(0.2)
+            now = time.time()
+            if cancel:
+                interrupted = True
+                sink.note("interrupted: cancelling every job this run submitted")
+                self._scancel(self._live_mine())
+                break
+            started = [w.started for w in sub.watches if w.started is not None]
+            if spec.timeout is not None and started and now - min(started) > spec.timeout:
+                timed_out = True
+                sink.note(f"timeout: running for more than {spec.timeout:g} s, scancel {self._ids(live)}")
+                self._scancel(live)
+                break
+            for w in live:
+                if w.started is None and (w.record is None or w.record.pending) \
+                        and now - w.submitted > self.args.queue_timeout:
+                    reason = w.record.reason if w.record else "unknown"
+                    problem = (f"SLURM job {w.job_id} still PENDING after {self.args.queue_timeout:g} s "
+                               f"(Reason={reason}); cancelled")
+                    break
+            if problem:
+                sink.note(problem)
+                self._scancel(live)
+                break
+            if self.poller.down_for() > CONTROLLER_GRACE_S:
+                problem = (f"SLURM controller unreachable for {self.poller.down_for():.0f} s: "
+                           f"{self.poller.last_error}")
+                self._scancel(live)
+                break
+        if timed_out or interrupted or problem:  # give the cancellation a moment to be recorded
+            limit = time.monotonic() + (3.0 if interrupted else CANCEL_WAIT_S)
+            for w in sub.watches:
+                w.done.wait(max(0.0, limit - time.monotonic()))
+        result_time = time.time()
+        facts, run_s, nnodes = self._properties(sub, result_time)
+        props.update(facts)
+        self._copy_back(spec, sub)
+        self._write_logs(sub, sink)
+        for w in sub.watches:
+            self.poller.forget(w)
+        duration = run_s or time.monotonic() - t0
+        if interrupted:
+            return RunOutcome(None, duration, interrupted=True, properties=props, nnodes=nnodes)
+        if timed_out:
+            return RunOutcome(None, duration, timed_out=True, properties=props, nnodes=nnodes)
+        if problem:
+            return RunOutcome(None, duration, problem=problem, properties=props, nnodes=nnodes)
+        for w in sub.watches:
+            if w.gone:
+                return RunOutcome(None, duration, problem=w.gone, properties=props, nnodes=nnodes)
+            if w.final is not None and w.final.state != "COMPLETED":
+                return RunOutcome(None, duration, problem=describe_final(w.final), properties=props, nnodes=nnodes)
+        return RunOutcome(0, duration, properties=props, nnodes=nnodes)
+
+    @staticmethod
+    def _ids(watches: list[poller_mod.Watch]) -> str:
+        return ",".join(w.job_id for w in watches)
+
+    def _live_mine(self) -> list[poller_mod.Watch]:
+        with self._lock:
+            return [w for w in self._mine if not w.done.is_set()]
+
+    def _scancel(self, watches: list[poller_mod.Watch]) -> None:
+        ids = [w.job_id for w in watches if not w.done.is_set()]
+        if not ids:
+            return
+        try:
+            self.poller.controller.scancel(ids)
+        except poller_mod.ControllerError:
+            pass  # the controller may be restarting; close() tries again
+        self.poller.kick()
+
+    def _properties(self, sub: Submission, result_time: float) -> tuple[dict[str, Any], float | None, int | None]:
+        """(JUnit facts, the job's run time from the accounting, the nodes it used)."""
+        recs = [w.final or w.record for w in sub.watches]
+        known = [r for r in recs if r is not None]
+        props: dict[str, Any] = {
+            "slurm_job_id": ",".join(w.job_id for w in sub.watches),
+            "slurm_state": ",".join(w.state for w in sub.watches),
+        }
+        nodes = [r.nodes for r in known if r.nodes]
+        if nodes:
+            props["nodes"] = ",".join(nodes)
+            nnodes: int | None = sum(len(expand_hostlist(n)) for n in nodes)
+        else:
+            nnodes = None
+        parts = [r.partition for r in known if r.partition]
+        if parts:
+            props["partition"] = ",".join(dict.fromkeys(parts))
+        run_s: float | None = None
+        submits = [r.submit for r in known if r.submit is not None]
+        starts = [r.start for r in known if r.start is not None]
+        ends = [r.end for r in known if r.end is not None]
+        if submits and starts:
+            props["queue_wait_s"] = f"{max(0.0, min(starts) - min(submits)):.0f}"
+        if starts and ends:
+            run_s = max(0.0, max(ends) - min(starts))
+            props["run_s"] = f"{run_s:.0f}"
+            props["slurm_result_delay_s"] = f"{result_time - max(ends):.2f}"
+        markers = [w.marker for w in sub.watches if w.marker is not None and w.marker.exists()]
+        if markers:
+            props["slurm_marker_delay_s"] = f"{result_time - max(m.stat().st_mtime for m in markers):.2f}"
+        if sub.plan is not None:
+            props["slurm_batch_script"] = str(sub.plan.batch_path)
+        return props, run_s, nnodes
+
+    def _copy_back(self, spec: RunSpec, sub: Submission) -> None:
+        """The multiple_results CSV that rank 0 wrote, where the session reads it."""
+        csv = spec.model.multiple_results
+        if not csv or sub.plan is None:
+            return
+        src = sub.plan.node_dir / "node0" / csv
+        if src.is_file() and spec.run_dir.is_dir():
+            dest = spec.run_dir / csv
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+
+    def _log_files(self, sub: Submission) -> list[tuple[str, Path]]:
+        """(prefix, file) in the order they go into the model's log: rank 0 first."""
+        out: list[tuple[str, Path]] = []
+        for w in sub.watches:
+            rec = w.final or w.record
+            hosts = expand_hostlist(rec.nodes) if rec and rec.nodes else []
+            if sub.plan is not None:
+                for rank in range(sub.plan.nodes):
+                    label = hosts[rank] if rank < len(hosts) else f"node{rank}"
+                    out.append((label, sub.plan.node_output(w.job_id, rank)))
+                out.append(("batch", sub.plan.batch_output(w.job_id)))
+                continue
+            names = [p.name for p in sub.job_dir.iterdir() if p.is_file()]
+            for name, index in framework_log_order(names, w.job_id):
+                label = hosts[index] if index is not None and index < len(hosts) else name
+                out.append((label if len(sub.watches) == 1 else f"{w.job_id} {label}", sub.job_dir / name))
+        return out
+
+    def _write_logs(self, sub: Submission, sink: OutputSink) -> None:
+        files = [(label, p) for label, p in self._log_files(sub) if p.is_file()]
+        if not files:
+            sink.note(f"no job output found in {sub.job_dir}")
+            return
+        for label, path in files:
+            sink.note(f"--- {path.name} ({label}) ---")
+            with open(path, "rb") as fh:
+                while True:
+                    chunk = fh.readline(MAX_LINE)
+                    if not chunk:
+                        break
+                    sink.write(f"[{label}] " + chunk.decode("utf-8", "replace"))
+
+    def close(self) -> None:
+        """Session end: cancel whatever this run submitted that still runs; record the calls."""
+        for attempt in range(4):  # the controller may be restarting: a few tries, then give up
+            live = self._live_mine()
+            if not live:
+                break
+            try:
+                self.poller.controller.scancel([w.job_id for w in live])
+                break
+            except poller_mod.ControllerError:
+                time.sleep(2 ** attempt)
+        for w in list(self._mine):
+            self.poller.forget(w)
+        try:
+            log_dir = Path(self.options.log_dir)
+            log_dir.mkdir(parents=True, exist_ok=True)
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            stats = self.poller.stats()
+            stats["jobs"] = len(self._mine)
+            (log_dir / f"slurm_poller.{worker}.json").write_text(json.dumps(stats, indent=1))
+        except OSError:
+            pass
