@@ -316,7 +316,7 @@ class MadSession:
                   variant: Variant | None = None, item_name: str | None = None) -> ModelResult:
         item_name = item_name or model.name
         result = self.base_result(model, extra_args, item_name)
-        if model.raw.get("additional_docker_run_options") and self.executor.name == "docker":
+        if model.raw.get("additional_docker_run_options") and self.executor.uses_dockerfiles(self.context):
             result.properties["additional_docker_run_options"] = docker_run_options.masked(
                 str(model.raw["additional_docker_run_options"]))
         if self.interrupts.interrupted:

@@ -21,7 +21,7 @@ def client() -> Iterator[Any]:
     """A Docker SDK client for the engine .ci/setup-docker.sh starts, with its base image."""
     try:
         import docker
-        from pytest_madengine.executors.docker.executor import short_reason
+        from pytest_madengine.executors.docker.daemon import short_reason
 
         c = docker.DockerClient.from_env(timeout=60)
         c.ping()

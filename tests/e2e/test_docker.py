@@ -11,7 +11,6 @@ Without a Docker daemon these tests skip, except under ``CI=true`` where they fa
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import signal
@@ -28,10 +27,8 @@ from typing import Any
 
 import pytest
 
-from pytest_madengine.context import Context
-from pytest_madengine.executors.base import RunSpec
-from pytest_madengine.executors.docker import executor as dx
-from pytest_madengine.models import Model
+from pytest_madengine.executors.docker import daemon as ddaemon
+from pytest_madengine.executors.docker import plan as dplan
 
 from .multinode_helpers import unavailable
 
@@ -108,13 +105,13 @@ class Project:
         return self.client.images.get(f"ci-{model}_{stem}".lower()).id
 
     def containers(self, model: str) -> list[Any]:
-        return self.client.containers.list(all=True, filters={"label": f"{dx.LABEL_MODEL}={model}"})
+        return self.client.containers.list(all=True, filters={"label": f"{dplan.LABEL_MODEL}={model}"})
 
     def cleanup(self) -> None:
-        for c in self.client.containers.list(all=True, filters={"label": dx.LABEL_MODEL}):
-            if self.token in c.labels.get(dx.LABEL_MODEL, ""):
+        for c in self.client.containers.list(all=True, filters={"label": dplan.LABEL_MODEL}):
+            if self.token in c.labels.get(dplan.LABEL_MODEL, ""):
                 c.remove(force=True)
-        for image in self.client.images.list(filters={"label": dx.LABEL_HASH}):
+        for image in self.client.images.list(filters={"label": dplan.LABEL_HASH}):
             mine = f"MAD_E2E_TOKEN={self.token}" in (image.attrs.get("Config") or {}).get("Env", [])
             for tag in image.tags:
                 if self.token in tag:
@@ -483,7 +480,7 @@ def private_base(project: Project) -> Iterator[str]:
         client.images.get(BASE).tag(repo, tag)
         out = client.images.push(repo, tag=tag, auth_config={"username": REG_USER, "password": REG_PASSWORD})
     except Exception as exc:  # noqa: BLE001
-        unavailable(f"cannot push to the auth registry {AUTH_REGISTRY}: {dx.short_reason(exc)}")
+        unavailable(f"cannot push to the auth registry {AUTH_REGISTRY}: {ddaemon.short_reason(exc)}")
     if '"error"' in out:
         unavailable(f"cannot push to the auth registry {AUTH_REGISTRY}: {out[-300:]}")
     client.images.remove(ref)
@@ -541,9 +538,9 @@ def test_keep_alive_keeps_the_container_and_the_exit_code(project: Project) -> N
     res.stdout.fnmatch_lines([f"*{bad}: exit code 5*"])
     for m in (ok, bad):
         [c] = project.containers(m)
-        assert c.status == "running" and c.labels[dx.LABEL_KEEP_ALIVE] == "1"
+        assert c.status == "running" and c.labels[dplan.LABEL_KEEP_ALIVE] == "1"
         assert f"docker exec -it {c.name} bash" in project.log(m)
-        assert c.exec_run(["cat", dx.EXIT_CODE_FILE], workdir=c.attrs["Config"]["WorkingDir"]).output.strip() in (b"0", b"5")
+        assert c.exec_run(["cat", dplan.EXIT_CODE_FILE], workdir=c.attrs["Config"]["WorkingDir"]).output.strip() in (b"0", b"5")
     # a later run's orphan sweep leaves kept containers alone
     project.run(tags=ok).assert_outcomes(passed=1)
     assert len(project.containers(bad)) == 1
@@ -563,12 +560,12 @@ def _dead_pid() -> int:
 
 def test_containers_of_a_killed_pytest_are_swept(project: Project) -> None:
     orphan = project.name("orphan")
-    labels = {dx.LABEL_MODEL: orphan, dx.LABEL_RUN_ID: "deadbeef",
-              dx.LABEL_OWNER: f"{socket.gethostname()}:{_dead_pid()}"}
+    labels = {dplan.LABEL_MODEL: orphan, dplan.LABEL_RUN_ID: "deadbeef",
+              dplan.LABEL_OWNER: f"{socket.gethostname()}:{_dead_pid()}"}
     c = project.client.containers.run(BASE, ["sleep", "300"], detach=True, labels=labels, name=f"mad_{orphan}")
     other_host = project.client.containers.run(
         BASE, ["sleep", "300"], detach=True, name=f"mad_{orphan}_elsewhere",
-        labels={**labels, dx.LABEL_OWNER: f"another-host-{project.token}:1"})
+        labels={**labels, dplan.LABEL_OWNER: f"another-host-{project.token}:1"})
     try:
         project.model("after", PERF_SCRIPT)
         res = project.run()
@@ -582,237 +579,3 @@ def test_containers_of_a_killed_pytest_are_swept(project: Project) -> None:
                 x.remove(force=True)
             except Exception:  # noqa: BLE001
                 pass
-
-
-# ------------------------------------------------------------------ the plan, as data (no daemon)
-
-
-def _spec(tmp_path: Path, *, vendor: str = "AMD", gpus: tuple[int, ...] = (2, 3), devices: bool = True,
-          ctx: dict[str, Any] | None = None) -> RunSpec:
-    model = Model(name="org/m", source=tmp_path / "models.json", index=0, base_dir=tmp_path, scope=None,
-                  dockerfile="docker/m", scripts="scripts/m/run.sh", n_gpus=len(gpus), tags=())
-    return RunSpec(model=model, argv=("bash", "run.sh", "--x", "a b"), env={"A": "1"}, run_dir=tmp_path / "run",
-                   workspace=tmp_path, timeout=None, gpus=gpus, gpu_vendor=vendor, use_gpu_devices=devices,
-                   context=Context(ctx or {}), run_id="r1")
-
-
-def test_plan_amd_nvidia_and_no_devices(tmp_path: Path) -> None:
-    amd = dx.plan_container(_spec(tmp_path), "img", name="n", keep_alive=False)
-    assert amd.devices == ["/dev/kfd:/dev/kfd:rwm", "/dev/dri:/dev/dri:rwm"] and amd.group_add == ["video"]
-    assert amd.command == ["bash", "run.sh", "--x", "a b"] and amd.working_dir == "/myworkspace/run"
-    assert amd.volumes == {str(tmp_path): {"bind": "/myworkspace", "mode": "rw"}}  # no mount point in the checkout
-    assert (amd.network_mode, amd.ipc_mode, amd.user) == ("host", "host", "root")
-    assert amd.cap_add == ["SYS_PTRACE"] and amd.security_opt == ["seccomp=unconfined"]
-    assert amd.labels[dx.LABEL_RUN_ID] == "r1" and amd.labels[dx.LABEL_MODEL] == "org/m"
-    nv = dx.plan_container(_spec(tmp_path, vendor="NVIDIA"), "img", name="n", keep_alive=False)
-    assert nv.devices == [] and nv.gpu_request == {"device_ids": ["2", "3"], "capabilities": [["gpu"]]}
-    assert nv.environment["CUDA_VISIBLE_DEVICES"] == "0,1"  # renumbered inside the container
-    none = dx.plan_container(_spec(tmp_path, devices=False), "img", name="n", keep_alive=False)
-    assert none.devices == [] and none.gpu_request is None and none.group_add == []
-    kept = dx.plan_container(_spec(tmp_path, ctx={"docker_cpus": "0-3"}), "img", name="n", keep_alive=True)
-    assert kept.command[:2] == ["bash", "-c"] and kept.command[3:] == ["mad-keep-alive", "bash", "run.sh", "--x", "a b"]
-    assert kept.cpuset_cpus == "0-3" and kept.labels[dx.LABEL_KEEP_ALIVE] == "1"
-
-
-def test_container_names_are_madengines(tmp_path: Path) -> None:
-    assert dx.container_name("ci-org_model_x.ubuntu.amd") == "container_ci-org_model_x.ubuntu.amd"
-    assert dx.container_name("reg:5000/ns/img:tag@sha256:ab") == "container_reg_5000_ns_img_tag"
-    assert dx.container_name("a b+c") == "container_a_b_c"
-
-
-def test_a_run_folder_outside_the_checkout_is_mounted_at_its_own_path(tmp_path: Path) -> None:
-    spec = _spec(tmp_path / "ws")
-    spec = dataclasses.replace(spec, run_dir=tmp_path / "elsewhere" / ".." / "work" / "m")
-    plan = dx.plan_container(spec, "img", name="n", keep_alive=False)
-    assert plan.working_dir == str(tmp_path / "work" / "m")
-    assert plan.volumes[str(tmp_path / "work" / "m")] == {"bind": str(tmp_path / "work" / "m"), "mode": "rw"}
-
-
-def test_line_splitter_bounds_lines() -> None:
-    lines: list[str] = []
-    s = dx.LineSplitter(lines.append, max_line=8)
-    for chunk in (b"ab", b"c\nde", b"f\n", b"0123456789ABCDEF01", b"\npartial"):
-        s.feed(chunk)
-    s.flush()
-    assert lines == ["abc\n", "def\n", "01234567", "89ABCDEF", "01\n", "partial"]
-
-
-def test_short_reason_digs_out_the_cause() -> None:
-    import requests
-    from urllib3.exceptions import ProtocolError
-
-    inner = ProtocolError("Connection aborted.", FileNotFoundError(2, "No such file or directory"))
-    exc = requests.exceptions.ConnectionError(inner)
-    assert dx.short_reason(exc) == "No such file or directory (errno 2)"
-
-
-# ------------------------------------------------------------------ review fixes, with stand-ins for the daemon
-
-
-class _FakeApi:
-    """The few APIClient calls close(), the orphan sweep and a build make."""
-
-    def __init__(self, containers: list[dict[str, Any]] | None = None, build_gate: threading.Event | None = None):
-        self.listed = containers or []
-        self.removed: list[str] = []
-        self.build_gate = build_gate
-
-    def containers(self, all: bool, filters: dict[str, str]) -> list[dict[str, Any]]:  # noqa: A002
-        key, _, value = filters["label"].partition("=")
-        return [c for c in self.listed if key in c["Labels"] and (not value or c["Labels"][key] == value)]
-
-    def remove_container(self, cid: str, force: bool, v: bool) -> None:
-        self.removed.append(cid)
-
-    def inspect_image(self, image: str) -> dict[str, Any]:
-        from docker.errors import ImageNotFound
-
-        raise ImageNotFound(image)
-
-    def build(self, **kw: Any) -> Iterator[dict[str, Any]]:
-        yield {"stream": "Step 1/2 : FROM scratch\n"}
-        assert self.build_gate is not None
-        self.build_gate.wait()  # a build that never ends (until the test lets it go)
-        yield {"stream": "never read\n"}
-
-
-class _FakeClient:
-    def __init__(self, api: _FakeApi) -> None:
-        self.api = api
-        self.pings = 0
-
-    def ping(self) -> bool:
-        self.pings += 1
-        return True
-
-    def close(self) -> None:
-        pass
-
-
-def _offline_executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **ctx: Any) -> dx.DockerExecutor:
-    from pytest_madengine.errors import ExecutorError
-    from pytest_madengine.session import Options
-
-    def no_daemon(self: dx.DockerExecutor) -> Any:
-        raise ExecutorError("no daemon in this test")
-
-    with monkeypatch.context() as m:
-        m.setattr(dx.DockerExecutor, "_connect", no_daemon)
-        return dx.DockerExecutor(Options(root=tmp_path, log_dir=tmp_path / "mad_logs", work_dir=tmp_path / "mad_work"),
-                                 Context(ctx), "run1")
-
-
-def test_build_timeout_comes_from_the_context_or_the_model(tmp_path: Path) -> None:
-    import dataclasses
-
-    from pytest_madengine.errors import ExecutorError
-
-    spec = _spec(tmp_path)
-    assert dx.build_timeout(spec) == dx.BUILD_TIMEOUT_S == 3600  # no model timeout
-    assert dx.build_timeout(dataclasses.replace(spec, timeout=3.0)) == 3600  # a short run limit: not the build's
-    assert dx.build_timeout(dataclasses.replace(spec, timeout=7200.0)) == 7200
-    assert dx.build_timeout(_spec(tmp_path, ctx={"docker_build_timeout": "90"})) == 90
-    for bad in ("soon", 0, -5, "inf"):
-        with pytest.raises(ExecutorError, match="docker_build_timeout' must be a number of seconds > 0"):
-            dx.build_timeout(_spec(tmp_path, ctx={"docker_build_timeout": bad}))
-
-
-def test_stream_wait_ends_at_the_deadline_or_on_cancel() -> None:
-    from pytest_madengine.executors.base import Cancel
-
-    gate = threading.Event()
-    stop = threading.Event()
-    t0 = time.monotonic()
-    with pytest.raises(dx.StreamTimedOut):
-        dx.DockerExecutor._in_thread(gate.wait, Cancel(), time.monotonic() + 0.3, stop)
-    assert 0.25 < time.monotonic() - t0 < 2 and stop.is_set()
-    cancel = Cancel()
-    threading.Timer(0.2, cancel.event.set).start()
-    with pytest.raises(dx.Interrupted):
-        dx.DockerExecutor._in_thread(gate.wait, cancel, time.monotonic() + 60)
-    dx.DockerExecutor._in_thread(lambda: None, Cancel(), time.monotonic() - 1)  # ended in time: no error
-    gate.set()
-
-
-def test_a_hanging_build_fails_at_its_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_madengine.executors.base import Cancel
-    from pytest_madengine.output import OutputSink
-
-    ex = _offline_executor(tmp_path, monkeypatch)
-    ctx_dir = tmp_path / "docker"
-    ctx_dir.mkdir()
-    (ctx_dir / "x.Dockerfile").write_text("FROM scratch\n")
-    build = dx.BuildPlan(image="ci-hang", dockerfile=str(ctx_dir / "x.Dockerfile"), dockerfile_header=None,
-                         context_dir=str(ctx_dir), build_args={}, base_docker="", base_registry="")
-    gate = threading.Event()
-    client = _FakeClient(_FakeApi(build_gate=gate))
-    spec = _spec(tmp_path, ctx={"docker_build_timeout": 0.5})
-    sink = OutputSink(tmp_path / "m.log")
-    log_path = tmp_path / "m.build.log"
-    t0 = time.monotonic()
-    try:
-        with pytest.raises(dx.BuildFailed, match=r"^image build timed out after 0.5 s \(ci-hang"):
-            ex._build(client, spec, build, "FROM scratch\n", dx.context_files(ctx_dir), "d" * 64, log_path,
-                      sink, Cancel())
-    finally:
-        gate.set()
-        sink.close()
-    assert time.monotonic() - t0 < 5
-    text = log_path.read_text()
-    assert "Step 1/2" in text and "may go on in the Docker daemon" in text and "never read" not in text
-
-
-def test_close_reconnects_after_a_blip_and_removes_this_runs_containers(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import docker
-
-    ex = _offline_executor(tmp_path, monkeypatch)
-    host = socket.gethostname()
-    api = _FakeApi([
-        {"Id": "mine", "Names": ["/a"], "Labels": {dx.LABEL_RUN_ID: "run1", dx.LABEL_OWNER: dx.owner_label()}},
-        {"Id": "kept", "Names": ["/b"], "Labels": {dx.LABEL_RUN_ID: "run1", dx.LABEL_OWNER: dx.owner_label(),
-                                                  dx.LABEL_KEEP_ALIVE: "1"}},
-        {"Id": "other-run", "Names": ["/c"], "Labels": {dx.LABEL_RUN_ID: "run2", dx.LABEL_OWNER: f"{host}:{os.getpid()}"}},
-    ])
-    fake = _FakeClient(api)
-    monkeypatch.setattr(docker, "from_env", lambda **kw: fake)
-    ex._client = None  # dropped when the daemon blipped ...
-    ex._down = (time.monotonic(), "Connection refused (errno 111)")  # ... and that is remembered
-    ex.close()
-    assert api.removed == ["mine"] and fake.pings == 1 and ex._client is None
-
-
-def test_build_context_never_holds_credentials_or_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ws = tmp_path / "ws"
-    for rel in ("credential.json", ".git/config", "docker/x.Dockerfile", "docker/credential.json", "src/a.py",
-                "perf.csv"):
-        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
-        (ws / rel).write_text('{"dockerhub": {"password": "hunter2"}}' if "credential" in rel else "x")
-    ex = _offline_executor(ws, monkeypatch)
-    sent = dx.context_files(ws.resolve(), ex._excludes(ws.resolve())).files
-    assert "credential.json" not in sent and not any(f.startswith(".git") for f in sent)
-    assert {"docker/x.Dockerfile", "src/a.py"} <= set(sent) and "perf.csv" not in sent
-    sent = dx.context_files(ws / "docker", ex._excludes((ws / "docker").resolve())).files
-    assert "credential.json" not in sent and "x.Dockerfile" in sent
-    above = dx.context_files(tmp_path, ex._excludes(tmp_path.resolve())).files  # dockercontext above it
-    assert "ws/credential.json" not in above and "ws/src/a.py" in above
-
-
-def test_orphan_sweep_skips_other_pid_namespaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ex = _offline_executor(tmp_path, monkeypatch)
-    host, ns, dead = socket.gethostname(), dx.pid_namespace(), _dead_pid()
-    assert ns and dx.owner_label() == f"{host}:{os.getpid()}:{ns}"
-    assert dx.parse_owner(dx.owner_label()) == (host, os.getpid(), ns)
-    assert dx.parse_owner(f"{host}:12") == (host, 12, None) and dx.parse_owner("garbage") is None
-    owners = {
-        "dead-here": f"{host}:{dead}:{ns}",
-        "dead-legacy": f"{host}:{dead}",  # written before the namespace was recorded: judged as before
-        "other-namespace": f"{host}:{dead}:{int(ns) + 1}",  # a pytest in a container named like the host
-        "alive-here": dx.owner_label(),
-        "other-host": f"elsewhere-{host}:{dead}:{ns}",
-    }
-    api = _FakeApi([{"Id": cid, "Names": [f"/{cid}"], "Labels": {dx.LABEL_OWNER: owner}}
-                    for cid, owner in owners.items()])
-    ex._client = _FakeClient(api)
-    assert sorted(ex.sweep_orphans()) == ["dead-here", "dead-legacy"]
-    assert sorted(api.removed) == ["dead-here", "dead-legacy"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from pytest_madengine.executors.docker import executor as dx
+from pytest_madengine.executors.docker import plan as dplan
 
 from .multinode_helpers import Nodes, copy_demo, free_port_pair, node_context, show, unavailable
 
@@ -73,10 +73,10 @@ def torch_image(client: Any) -> Iterator[str]:
 
 
 def _cleanup(client: Any, token: str) -> None:
-    for c in client.containers.list(all=True, filters={"label": dx.LABEL_MODEL}):
-        if token in c.labels.get(dx.LABEL_MODEL, ""):
+    for c in client.containers.list(all=True, filters={"label": dplan.LABEL_MODEL}):
+        if token in c.labels.get(dplan.LABEL_MODEL, ""):
             c.remove(force=True)
-    for image in client.images.list(filters={"label": dx.LABEL_HASH}):
+    for image in client.images.list(filters={"label": dplan.LABEL_HASH}):
         if any(token in t for t in image.tags):
             try:
                 client.images.remove(image.id, force=True)
@@ -139,6 +139,6 @@ def test_two_containers_rendezvous(pytester: pytest.Pytester, client: Any, torch
         assert row0["status"] == "SUCCESS" and float(row0["performance"]) > 0
         assert row1["status"] == "SUCCESS" and row1["performance"] == ""
         assert list(data.iterdir()) == [data / "input.txt"]  # the mirror marker is gone
-        assert client.containers.list(all=True, filters={"label": f"{dx.LABEL_MODEL}={dist}"}) == []
+        assert client.containers.list(all=True, filters={"label": f"{dplan.LABEL_MODEL}={dist}"}) == []
     finally:
         _cleanup(client, token)

@@ -1,12 +1,34 @@
-"""The torchrun command a model script expands as ``$MAD_MULTI_NODE_RUNNER``."""
+"""The torchrun command a model script expands as ``$MAD_MULTI_NODE_RUNNER``.
+
+``launch``/``validate``: madengine 2.x's ``distributed.launcher: torchrun``.
+``single_node``/``multi_node``: madengine 1.x's ``multi_node_args`` forms (settings.py).
+"""
 
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pytest_madengine.multinode.launchers import base
+from pytest_madengine.multinode.launchers.base import Launch, Topology
 
 if TYPE_CHECKING:
     from pytest_madengine.multinode.settings import MultiNode
+
+NAME = "torchrun"
+
+
+def validate(settings: Mapping[str, Any], topo: Topology) -> None:
+    base.check(settings, topo)
+
+
+def launch(settings: Mapping[str, Any], topo: Topology, model_name: str) -> Launch:
+    """``torchrun --standalone --nproc_per_node=P`` on one node; else ``torchrun --nnodes=N
+    --nproc_per_node=P --node_rank=R --master_addr=A --master_port=PORT`` on every node."""
+    validate(settings, topo)
+    runner = base.torchrun_runner(topo)
+    return Launch(runner=runner, env=base.env(NAME, runner, topo, settings))
 
 
 def single_node(nproc: int) -> str:

@@ -1,0 +1,247 @@
+"""Running a model's container, once its image is there.
+
+The container is started detached with madengine's conventions (workspace at ``/myworkspace``,
+the run folder reached through it as working dir, host network and IPC, root, SYS_PTRACE, no
+seccomp, GPU devices); its output is streamed line by line into the sink; it is waited for in
+short slices against the deadline and the Cancel flag, and removed on every path unless
+``--mad-keep-alive``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pytest_madengine import process
+from pytest_madengine.executors.base import Cancel, RunOutcome, RunSpec
+from pytest_madengine.executors.docker.daemon import (
+    SLICE_S,
+    Daemon,
+    api_message,
+    daemon_error,
+    docker_host,
+    is_connection_error,
+    remove,
+    short_reason,
+)
+from pytest_madengine.executors.docker.plan import EXIT_CODE_FILE, KEEP_ALIVE_MARK, ContainerPlan
+from pytest_madengine.output import MAX_LINE, OutputSink
+
+LOG_DRAIN_S = 10
+MAX_NAME_TRIES = 50
+
+
+class LineSplitter:
+    """Bytes in arbitrary chunks -> text lines, none longer than ``max_line`` bytes."""
+
+    def __init__(self, emit: Callable[[str], None], max_line: int = MAX_LINE) -> None:
+        self.emit = emit
+        self.max_line = max_line
+        self.buf = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self.buf += chunk
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl == -1 or nl >= self.max_line:
+                if len(self.buf) < self.max_line:
+                    return
+                cut = self.max_line
+            else:
+                cut = nl + 1
+            line, self.buf = self.buf[:cut], self.buf[cut:]
+            self.emit(line.decode("utf-8", errors="replace"))
+
+    def flush(self) -> None:
+        if self.buf:
+            line, self.buf = self.buf, b""
+            self.emit(line.decode("utf-8", errors="replace"))
+
+
+class ContainerWatch:
+    """The two threads around a running container: one copies its output into the sink line by
+    line, one blocks in ``wait`` (none with keep-alive, whose container never exits)."""
+
+    def __init__(self, client: Any, cid: str, sink: OutputSink, *, keep_alive: bool) -> None:
+        self.client, self.cid, self.sink, self.keep_alive = client, cid, sink, keep_alive
+        self.stop = threading.Event()
+        self.marker_seen = threading.Event()
+        self.streams: list[Any] = []
+        self.reader = threading.Thread(target=self._read, daemon=True, name="mad-docker-logs")
+        self.reader.start()
+        self.waiter: threading.Thread | None = None
+        self.waited: dict[str, Any] = {}
+        if not keep_alive:
+            self.start_waiter()
+
+    def _emit(self, line: str) -> None:
+        if self.stop.is_set():
+            return
+        if self.keep_alive and line.startswith(KEEP_ALIVE_MARK):
+            self.marker_seen.set()
+        self.sink.write(line)
+
+    def _read(self) -> None:
+        splitter = LineSplitter(self._emit)
+        try:
+            stream = self.client.api.logs(self.cid, stream=True, follow=True, stdout=True, stderr=True)
+            self.streams.append(stream)
+            for chunk in stream:
+                if self.stop.is_set():
+                    break
+                splitter.feed(chunk)
+            splitter.flush()
+        except Exception:  # noqa: BLE001 - a lost daemon is reported by the waiter / main loop
+            pass
+
+    def start_waiter(self) -> None:
+        self.waited = {}
+        waited = self.waited
+
+        def wait() -> None:
+            try:
+                waited["result"] = self.client.api.wait(self.cid, timeout=None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                waited["exception"] = exc
+
+        self.waiter = threading.Thread(target=wait, daemon=True, name="mad-docker-wait")
+        self.waiter.start()
+
+    def wait_slice(self, seconds: float) -> dict[str, Any] | None:
+        assert self.waiter is not None
+        self.waiter.join(seconds)
+        return None if self.waiter.is_alive() else self.waited
+
+    def finish(self, drain_s: float) -> None:
+        self.reader.join(drain_s)
+        self.stop.set()
+        for s in self.streams:
+            try:
+                s.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def run_container(daemon: Daemon, client: Any, spec: RunSpec, plan: ContainerPlan, sink: OutputSink,
+                  cancel: Cancel, say: Callable[[str, OutputSink | None], None]) -> RunOutcome:
+    from docker.errors import APIError
+
+    exit_file = spec.run_dir / EXIT_CODE_FILE
+    if plan.keep_alive:
+        exit_file.unlink(missing_ok=True)
+    sink.note(f"container {plan.name}: image {plan.image}, command {plan.command}, cwd {plan.working_dir}")
+    start = time.monotonic()
+    base_name = plan.name
+    while True:
+        try:
+            container = client.containers.run(**plan.run_kwargs())
+            break
+        except APIError as exc:
+            if _name_taken(exc) and plan.name.rpartition("_")[2] != str(MAX_NAME_TRIES):
+                # madengine's name is held by a live container (another checkout, a kept one):
+                # never remove it; take the next free suffix and say so.
+                tries = 1 if plan.name == base_name else int(plan.name.rpartition("_")[2])
+                taken = plan.name
+                plan = dataclasses.replace(plan, name=f"{base_name}_{tries + 1}")
+                sink.note(f"container name {taken} is held by another container; using {plan.name}")
+                continue
+            if not _name_taken(exc):
+                remove(client, plan.name)
+            return RunOutcome(None, 0.0, problem=f"cannot start container {plan.name}: {api_message(exc)}")
+        except Exception as exc:  # noqa: BLE001
+            if is_connection_error(exc):
+                daemon.drop_client()
+                return RunOutcome(None, 0.0, problem=str(daemon_error(exc)))
+            raise
+    cid = container.id
+    # The duration counts from creating the container; the timeout from its start.
+    until = process.Deadline(spec.timeout)
+    watch = ContainerWatch(client, cid, sink, keep_alive=plan.keep_alive)
+    timed_out = interrupted = False
+    exit_code: int | None = None
+    problem = ""
+    file_seen_at: float | None = None
+    restarts = 0
+    while True:
+        if not plan.keep_alive:
+            done = watch.wait_slice(SLICE_S)
+            if done is not None:
+                if "result" in done:
+                    exit_code = done["result"].get("StatusCode")
+                    break
+                failure = done["exception"]
+                if isinstance(failure, APIError):
+                    problem = f"lost container {plan.name}: {api_message(failure)}"
+                    break
+                # The wait connection broke: a dead daemon, or only the connection?
+                down = daemon.ping_fresh()
+                if down is None and restarts < 3:
+                    restarts += 1
+                    watch.start_waiter()
+                    continue
+                problem = f"Docker daemon at {docker_host()} is not answering: {down or short_reason(failure)}"
+                break
+        else:
+            time.sleep(SLICE_S)
+            if exit_file.exists():
+                file_seen_at = file_seen_at or time.monotonic()
+                if watch.marker_seen.is_set() or time.monotonic() - file_seen_at > 2.0:
+                    try:
+                        exit_code = int(exit_file.read_text().strip())
+                    except (OSError, ValueError):
+                        exit_code = None
+                    break
+            elif not watch.reader.is_alive():
+                # The log stream ended before the wrapper wrote the code: the container
+                # stopped (or the daemon went away).
+                state = _state(client, cid)
+                if state is None:
+                    problem = f"Docker daemon at {docker_host()} is not answering: {daemon.ping_fresh() or 'lost the container'}"
+                    break
+                if not state.get("Running"):
+                    exit_code = state.get("ExitCode")
+                    break
+        why = process.stop_reason(cancel, until)
+        if why is not None:
+            interrupted, timed_out = why == process.CANCELLED, why == process.TIMED_OUT
+            break
+    duration = time.monotonic() - start
+    daemon_gone = problem.startswith("Docker daemon")
+    if daemon_gone:
+        daemon.drop_client()
+    oom = False
+    if not (timed_out or interrupted or daemon_gone):
+        state = _state(client, cid) or {}
+        oom = bool(state.get("OOMKilled"))
+    if timed_out or interrupted:
+        remove(client, cid)  # stops the log stream too
+    # Let the reader drain what the container wrote before it ended (bounded).
+    watch.finish(LOG_DRAIN_S if not (timed_out or interrupted or plan.keep_alive or daemon_gone) else 1.0)
+    if oom:
+        problem = "OOM-killed (the container hit its memory limit)"
+    props: dict[str, Any] = {"container": plan.name}
+    if plan.keep_alive and not (timed_out or interrupted or problem):
+        say(f"container {plan.name} kept alive; enter it with: docker exec -it {plan.name} bash", sink)
+        props["keep_alive"] = f"docker exec -it {plan.name} bash"
+    elif not (timed_out or interrupted or daemon_gone):
+        remove(client, cid)
+    return RunOutcome(exit_code, duration, timed_out=timed_out, interrupted=interrupted, problem=problem,
+                      properties=props)
+
+
+def _state(client: Any, cid: str) -> dict[str, Any] | None:
+    try:
+        return client.api.inspect_container(cid).get("State") or {}
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _name_taken(exc: BaseException) -> bool:
+    """A create refused because another container has the name (HTTP 409)."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status == 409 and "already in use" in api_message(exc)
+
+
