@@ -37,7 +37,7 @@ KNOWN_KEYS = frozenset(
 # Keys madengine reads that we accept but do not act on: warn, so nobody believes they took effect.
 IGNORED_KEYS = frozenset(
     {
-        "tools", "pre_scripts", "post_scripts", "encapsulate_script", "distributed", "slurm", "k8s",
+        "tools", "pre_scripts", "post_scripts", "encapsulate_script", "slurm", "k8s",
         "kubernetes", "env_vars", "gpus_per_node", "gpu_count", "n_gpus", "launcher", "vllm", "debug",
         "gen_sys_env_details", "log_error_pattern_scan", "log_error_benign_patterns", "log_error_patterns",
         "deploy", "docker_shm_size", "docker_run_options",

@@ -20,7 +20,7 @@ from typing import Any
 
 from pytest_madengine import context as context_mod
 from pytest_madengine.context import Context
-from pytest_madengine.errors import ExecutorError, MadError, UsageError
+from pytest_madengine.errors import MadError, UsageError
 from pytest_madengine.executors import factory
 from pytest_madengine.executors.base import Cancel, ExecutorChoice, Plan, RunOutcome, RunSpec
 from pytest_madengine.executors.docker import registry
@@ -30,7 +30,9 @@ from pytest_madengine.gpus.scheduling import WaitNotes
 from pytest_madengine.models import SCRIPT_KINDS, Model, TagSpec, path_bounds
 from pytest_madengine.models import run_options as docker_run_options
 from pytest_madengine.multinode import settings as multinode_mod
+from pytest_madengine.multinode.deployment import launch_for
 from pytest_madengine.multinode.launchers import torchrun
+from pytest_madengine.multinode.launchers.base import Launch
 from pytest_madengine.multinode.node import NodeRun, check_mirror, mirror_context_mounts, mirror_env, nothing_reported
 from pytest_madengine.output import OutputSink
 from pytest_madengine.results.result import FAILURE, SKIPPED, ModelResult, Row
@@ -83,7 +85,8 @@ def script_argv(scripts: str, args: Sequence[str]) -> tuple[Path, tuple[str, ...
 
 def script_env(model: Model, ctx: Context, *, vendor: str, arch: str, system_ngpus: int,
                gpus: tuple[int, ...], runtime_ngpus: int, use_devices: bool, deployment: str,
-               multi_node: multinode_mod.MultiNode | None = None, mirror: Path | None = None) -> dict[str, str]:
+               multi_node: multinode_mod.MultiNode | None = None, mirror: Path | None = None,
+               launch: Launch | None = None) -> dict[str, str]:
     """The environment madengine gives a model script, then env_vars and docker_env_vars."""
     env = {
         "MAD_MODEL_NAME": model.name,
@@ -101,6 +104,8 @@ def script_env(model: Model, ctx: Context, *, vendor: str, arch: str, system_ngp
         env["MAD_OUTPUT_CSV"] = model.multiple_results
     if multi_node is not None:  # multi_node_args given: madengine 1.x runner and MASTER_ADDR/... exported
         env.update(multinode_mod.launch_env(multi_node, runtime_ngpus))
+    if launch is not None:  # madengine 2.x `distributed`: the launcher's runner and every variable it sets
+        env.update(launch.env)
     env.update(mirror_env(mirror))
     if os.environ.get("BUILD_NUMBER"):
         env["JENKINS_BUILD_NUMBER"] = os.environ["BUILD_NUMBER"]
@@ -269,6 +274,10 @@ class MadSession:
             n = gpus_mod.wanted(model.n_gpus, self.pool)
         except UsageError as exc:
             raise NotRunnable(f"{model.name} {exc}") from None
+        try:
+            self.launch_of(model, n)  # `distributed` settings checked before anything runs
+        except MadError as exc:
+            raise NotRunnable(f"model '{model.name}': {exc}") from None
         folder, argv = script_argv(model.scripts, args)
         return ItemRun(model=model, item_name=item_name, argv=argv,
                        source_dir=Path(os.path.normpath(model.base_dir / folder)),
@@ -276,16 +285,29 @@ class MadSession:
                        timeout=resolve_timeout(model.timeout, self.options.timeout, self.context),
                        n_gpus=n, variant=variant)
 
+    def launch_of(self, model: Model, ngpus: int) -> Launch | None:
+        """The ``distributed`` launcher's runner and environment for this node (None without
+        ``distributed``). Raises LauncherError naming the key."""
+        return launch_for(model.raw, self.context, self.multi_node, ngpus, model.name)
+
     def spec_for(self, run: ItemRun, gpus: tuple[int, ...]) -> RunSpec:
-        """The executor's input once ``gpus`` are held (pure)."""
+        """The executor's input once ``gpus`` are held (pure). Raises LauncherError."""
         model = run.model
+        launch = self.launch_of(model, len(gpus))
+        argv = run.argv
+        if launch is not None and launch.setup:
+            # The launcher's per-node setup (a Ray head or worker) runs first, in the same
+            # process group or container; its argv are constants and quoted, never user text.
+            steps = "; ".join(shlex.join(step) for step in launch.setup)
+            argv = ("bash", "-c", f'set -e; {steps}; exec "$@"', "mad-launcher-setup", *argv)
         return RunSpec(
-            model=model, argv=run.argv,
+            model=model, argv=argv,
             env=script_env(model, self.context, vendor=self.pool.vendor, arch=self.arch,
                            system_ngpus=len(self.gpu_info.ids), gpus=gpus, runtime_ngpus=len(gpus),
                            use_devices=self.pool.uses_devices, deployment=self.executor.name,
                            multi_node=self.multi_node if self.multi_node.configured else None,
-                           mirror=self.mirror),
+                           mirror=self.mirror, launch=launch),
+            files=dict(launch.files) if launch is not None else {},
             run_dir=run.run_dir, workspace=self.options.root.resolve(), timeout=run.timeout, gpus=gpus,
             gpu_vendor=self.pool.vendor, use_gpu_devices=self.pool.uses_devices,
             context=self.run_context, run_id=self.run_id,
@@ -349,7 +371,7 @@ class MadSession:
             # Guarded from the GPU wait on: a signal then cancels the wait or the run, never loses the row.
             with self.interrupts.guard() as cancel:
                 outcome = self._allocate_and_run(run, waits, sink, result, node, cancel)
-        except ExecutorError as exc:
+        except MadError as exc:  # a backend's problem, or a launcher setting the GPUs given cannot serve
             outcome = RunOutcome(None, 0.0, problem=str(exc))
         finally:
             sink.close()
@@ -389,6 +411,8 @@ class MadSession:
                 result.gpus, result.runtime_ngpus = ids, len(ids)
                 plan = self.executor.plan(self.spec_for(run, ids))
                 sink.note(plan.render())  # the plan this run executes, at the top of its log
+                for name, text in plan.spec.files.items():  # a launcher's hostfile, in the run folder
+                    (run.run_dir / name).write_text(text)
                 if node is None:
                     return self.executor.run(plan, sink, cancel)
                 # Multi-node: build first, then meet, so no peer waits out a build in the barrier.

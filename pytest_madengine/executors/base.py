@@ -31,6 +31,7 @@ class RunSpec:
     context: Context
     run_id: str
     dockerfile: Path | None = None  # the Dockerfile this item builds, pinned at collection
+    files: Mapping[str, str] = field(default_factory=dict)  # written into run_dir before the run (a hostfile)
 
 
 SECRET_MARKERS = ("PASSWORD", "TOKEN", "SECRET", "KEY", "CREDENTIAL")
@@ -70,6 +71,8 @@ class Plan:
             head.append(f"  multi-node: node {s.env.get('NODE_RANK', '0')} of {s.env.get('NNODES', '?')}, "
                         f"rendezvous {s.env.get('MASTER_ADDR', '?')}:{s.env.get('MASTER_PORT', '?')}, "
                         f"runner {runner}")
+        if s.files:
+            head.append(f"  files written into the run folder: {', '.join(sorted(s.files))}")
         return "\n".join([*head, *self.lines()])
 
     def comparable(self) -> str:

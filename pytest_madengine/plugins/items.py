@@ -41,13 +41,13 @@ class ModelsFile(pytest.File):
         except ModelsFileError as exc:
             yield BrokenItem.from_parent(self, name="[unreadable]", message=str(exc), tags=(), scope=None)
             return
-        deployed = [m.name for m in loaded.models if m.raw.get("distributed") or m.raw.get("slurm")]
+        deployed = [m.name for m in loaded.models if m.raw.get("slurm") or _launcher(m) in ("slurm_multi", "slurm-multi")]
         if deployed:
             shown = ", ".join(deployed[:5]) + (f" and {len(deployed) - 5} more" if len(deployed) > 5 else "")
             self.warn(MadWarning(
-                f"{self.path}: the model card fields 'distributed' and 'slurm' ({shown}) are not acted on yet: "
-                "those models run like any other, on the executor this run uses (madengine 2.x would deploy them "
-                "with their launcher or as SLURM jobs)"))
+                f"{self.path}: the model card field 'slurm' and the launcher slurm_multi ({shown}) are not acted on "
+                "yet: those models run their script with bash on the executor this run uses (madengine 2.x would "
+                "submit them as SLURM jobs)"))
         for model in loaded.models:
             duplicate = session.claim_name(model.name, self.path)
             if duplicate:
@@ -66,6 +66,11 @@ class ModelsFile(pytest.File):
         for entry in loaded.broken:
             yield BrokenItem.from_parent(self, name=entry.name or f"[entry {entry.index}]", message=entry.message,
                                          tags=entry.tags, scope=entry.scope, entry=entry)
+
+
+def _launcher(model: Model) -> str:
+    dist = model.raw.get("distributed")
+    return str(dist.get("launcher") or "") if isinstance(dist, dict) else ""
 
 
 def _mark(item: pytest.Item, tags: tuple[str, ...]) -> None:
