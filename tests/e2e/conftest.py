@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .multinode_helpers import unavailable
+from .multinode_helpers import NetnsPair, unavailable
 
 DOCKER_BASE = os.environ.get("MAD_TEST_BASE_IMAGE", "mad-base:bookworm")
 
@@ -73,3 +75,21 @@ PERF_OK = """
     echo "running $MAD_MODEL_NAME"
     echo "performance: 123.5 samples_per_second"
 """
+
+
+@pytest.fixture
+def netns_pair() -> Iterator[NetnsPair]:
+    if shutil.which("ip") is None:
+        unavailable("the ip command is missing (apt-get install iproute2)")
+    if os.geteuid() != 0:
+        unavailable("network namespaces need root")
+    pair = NetnsPair()
+    try:
+        pair.create()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        pair.delete()
+        unavailable(f"cannot create network namespaces: {exc}")
+    try:
+        yield pair
+    finally:
+        pair.delete()

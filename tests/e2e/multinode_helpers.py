@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,3 +177,33 @@ def copy_demo(project: Path, name: str = "dummy_torchrun", *, hard_exit: bool = 
         if "\nimport sys\n" not in text:
             text = text.replace("\nimport os\n", "\nimport os\nimport sys\n", 1)
         train.write_text(text)
+
+
+class NetnsPair:
+    """Two network namespaces joined by a veth pair: 10.200.0.1/24 and 10.200.0.2/24
+    (addresses that exist only inside these namespaces)."""
+
+    def __init__(self) -> None:
+        tok = uuid.uuid4().hex[:6]
+        self.ns = [f"madmn{tok}0", f"madmn{tok}1"]
+        self.veth = [f"mv{tok}0", f"mv{tok}1"]
+        self.addr = ["10.200.0.1", "10.200.0.2"]
+
+    def _ip(self, *args: str) -> None:
+        done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip() or done.returncode}")
+
+    def create(self) -> None:
+        for ns in self.ns:
+            self._ip("netns", "add", ns)
+        self._ip("link", "add", self.veth[0], "type", "veth", "peer", "name", self.veth[1])
+        for ns, veth, addr in zip(self.ns, self.veth, self.addr):
+            self._ip("link", "set", veth, "netns", ns)
+            self._ip("-n", ns, "addr", "add", f"{addr}/24", "dev", veth)
+            self._ip("-n", ns, "link", "set", veth, "up")
+            self._ip("-n", ns, "link", "set", "lo", "up")
+
+    def delete(self) -> None:
+        for ns in self.ns:  # the veth ends go with their namespaces
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)

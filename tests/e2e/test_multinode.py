@@ -8,12 +8,7 @@ A missing component (ip netns, torch, mpirun) skips a test, except under CI=true
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -26,61 +21,9 @@ from .multinode_helpers import (
     need_torch,
     node_context,
     show,
-    unavailable,
 )
 
 LOCAL = ("--mad-executor=local", "-p", "no:cacheprovider")
-
-
-# ------------------------------------------------------------------ network namespaces
-
-
-class NetnsPair:
-    """Two network namespaces joined by a veth pair: 10.200.0.1/24 and 10.200.0.2/24
-    (addresses that exist only inside these namespaces)."""
-
-    def __init__(self) -> None:
-        tok = uuid.uuid4().hex[:6]
-        self.ns = [f"madmn{tok}0", f"madmn{tok}1"]
-        self.veth = [f"mv{tok}0", f"mv{tok}1"]
-        self.addr = ["10.200.0.1", "10.200.0.2"]
-
-    def _ip(self, *args: str) -> None:
-        done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip() or done.returncode}")
-
-    def create(self) -> None:
-        for ns in self.ns:
-            self._ip("netns", "add", ns)
-        self._ip("link", "add", self.veth[0], "type", "veth", "peer", "name", self.veth[1])
-        for ns, veth, addr in zip(self.ns, self.veth, self.addr):
-            self._ip("link", "set", veth, "netns", ns)
-            self._ip("-n", ns, "addr", "add", f"{addr}/24", "dev", veth)
-            self._ip("-n", ns, "link", "set", veth, "up")
-            self._ip("-n", ns, "link", "set", "lo", "up")
-
-    def delete(self) -> None:
-        for ns in self.ns:  # the veth ends go with their namespaces
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)
-
-
-@pytest.fixture
-def netns_pair() -> Iterator[NetnsPair]:
-    if shutil.which("ip") is None:
-        unavailable("the ip command is missing (apt-get install iproute2)")
-    if os.geteuid() != 0:
-        unavailable("network namespaces need root")
-    pair = NetnsPair()
-    try:
-        pair.create()
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        pair.delete()
-        unavailable(f"cannot create network namespaces: {exc}")
-    try:
-        yield pair
-    finally:
-        pair.delete()
 
 
 # ------------------------------------------------------------------ torchrun across namespaces
