@@ -142,3 +142,34 @@ def test_two_containers_rendezvous(pytester: pytest.Pytester, client: Any, torch
         assert client.containers.list(all=True, filters={"label": f"{dplan.LABEL_MODEL}={dist}"}) == []
     finally:
         _cleanup(client, token)
+
+
+def test_a_distributed_launcher_runs_the_same_in_a_container(pytester: pytest.Pytester, client: Any,
+                                                              torch_image: str) -> None:
+    """The launcher function that serves the local backend gives the container the same runner
+    and variables (torchtitan: torchrun plus TORCHTITAN_*), none dropped on the way."""
+    from .test_launchers import CHECK_PY, RUN_SH
+
+    token = uuid.uuid4().hex[:8]
+    path = pytester.path
+    (path / "docker").mkdir()
+    (path / "docker" / "torch.ubuntu.any.Dockerfile").write_text(
+        f"# CONTEXT {{'guest_os': 'UBUNTU'}}\nARG BASE_DOCKER\nFROM ${{BASE_DOCKER}}\nENV MAD_E2E_TOKEN={token}\n")
+    (path / "scripts" / "launch_check").mkdir(parents=True)
+    (path / "scripts" / "launch_check" / "run.sh").write_text(RUN_SH)
+    (path / "scripts" / "launch_check" / "check.py").write_text(CHECK_PY)
+    name = f"titan_{token}"
+    (path / "models.json").write_text(json.dumps([
+        {"name": name, "dockerfile": "docker/torch", "scripts": "scripts/launch_check/run.sh", "n_gpus": "0",
+         "tags": ["t"], "args": "", "timeout": 300,
+         "distributed": {"launcher": "torchtitan", "nproc_per_node": 2}}]))
+    try:
+        res = pytester.runpytest("-p", "no:cacheprovider", "--mad-tags=t", "--mad-executor=docker",
+                                 f"--mad-context={json.dumps({'docker_build_arg': {'BASE_DOCKER': torch_image}})}")
+        log = (path / "mad_logs" / f"{name}.log").read_text()
+        res.assert_outcomes(passed=1)
+        for line in ("runner=torchrun --standalone --nproc_per_node=2", "env: TORCHTITAN_TENSOR_PARALLEL_SIZE=2",
+                     "env: TORCHTITAN_FSDP_ENABLED=0", "sum 3.0 expected 3.0"):
+            assert line in log, (line, log)
+    finally:
+        _cleanup(client, token)
