@@ -39,8 +39,7 @@ IGNORED_KEYS = frozenset(
     {
         "tools", "pre_scripts", "post_scripts", "encapsulate_script", "slurm", "k8s",
         "kubernetes", "env_vars", "gpus_per_node", "gpu_count", "n_gpus", "launcher", "vllm", "debug",
-        "gen_sys_env_details", "log_error_pattern_scan", "log_error_benign_patterns", "log_error_patterns",
-        "deploy", "docker_shm_size", "docker_run_options",
+        "gen_sys_env_details", "deploy", "docker_shm_size", "docker_run_options",
     }
 )
 

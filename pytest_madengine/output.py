@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from pytest_madengine.results.errorscan import ErrorScan
 from pytest_madengine.results.metrics import PerfScanner
 
 MAX_LINE = 64 * 1024
@@ -27,6 +28,7 @@ class OutputSink:
         self._live = live
         self._tail: deque[str] = deque(maxlen=tail_lines)
         self.scanner = PerfScanner()
+        self.error_scan: ErrorScan | None = None  # set by the session: the log error scan, when on
         self._lock = threading.Lock()
         self.lines = 0
 
@@ -46,6 +48,8 @@ class OutputSink:
             self.lines += 1
             if scan:
                 self.scanner.feed(line)
+                if self.error_scan is not None:
+                    self.error_scan.feed(line)
         if self._live is not None:
             self._live(line)
 

@@ -35,6 +35,7 @@ from pytest_madengine.multinode.launchers import torchrun
 from pytest_madengine.multinode.launchers.base import Launch
 from pytest_madengine.multinode.node import NodeRun, check_mirror, mirror_context_mounts, mirror_env, nothing_reported
 from pytest_madengine.output import OutputSink
+from pytest_madengine.results import errorscan
 from pytest_madengine.results.result import FAILURE, SKIPPED, ModelResult, Row
 from pytest_madengine.verdict import evaluate
 from pytest_madengine.workspace import gitclone
@@ -275,6 +276,7 @@ class MadSession:
         except UsageError as exc:
             raise NotRunnable(f"{model.name} {exc}") from None
         try:
+            errorscan.from_settings(model.raw, self.context)  # log_error_* checked before anything runs
             self.launch_of(model, n)  # `distributed` settings checked before anything runs
         except MadError as exc:
             raise NotRunnable(f"model '{model.name}': {exc}") from None
@@ -355,6 +357,7 @@ class MadSession:
             result.reason = str(exc)
             return result
         sink = OutputSink(self.log_path(item_name), live=live)
+        sink.error_scan = errorscan.from_settings(model.raw, self.context)
         result.log = str(sink.log_path)
         try:
             commit = self.prepare_run_folder(run, sink.note)
@@ -384,7 +387,8 @@ class MadSession:
         result.properties.update(outcome.properties)
         status, reason, rows, warnings = evaluate(model.name, outcome, sink.scanner.lines,
                                                   model.multiple_results, run.run_dir, run.timeout,
-                                                  hf_line=sink.scanner.hf, total=sink.scanner.count)
+                                                  hf_line=sink.scanner.hf, total=sink.scanner.count,
+                                                  error_hit=sink.error_scan.hit if sink.error_scan else None)
         result.status, result.reason, result.rows = status, reason, rows
         result.warnings = warnings
         if node is not None:  # this node's verdict; node 0 combines the ranks' values

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pytest_madengine.errors import MetricsError
 from pytest_madengine.executors.base import RunOutcome
+from pytest_madengine.results.errorscan import ErrorHit
 from pytest_madengine.results.metrics import PerfLine, ResultRow, choose_result, parse_multiple_results
 from pytest_madengine.results.result import FAILURE, SUCCESS, Row
 
@@ -24,8 +25,10 @@ def describe_exit(code: int) -> str:
 
 def evaluate(model_name: str, outcome: RunOutcome, perf_lines: list[PerfLine],
              multiple_results: str, run_dir: Path, timeout: float | None,
-             hf_line: PerfLine | None = None, total: int | None = None) -> tuple[str, str, list[Row], list[str]]:
-    """(status, reason, rows, warnings). Pass = the run ended with exit 0 and every value is a number."""
+             hf_line: PerfLine | None = None, total: int | None = None,
+             error_hit: ErrorHit | None = None) -> tuple[str, str, list[Row], list[str]]:
+    """(status, reason, rows, warnings). Pass = the run ended with exit 0, its output holds no
+    error pattern (``results/errorscan.py``) and every value is a number."""
     warnings: list[str] = []
     if outcome.problem:
         return FAILURE, outcome.problem, [], warnings
@@ -34,7 +37,10 @@ def evaluate(model_name: str, outcome: RunOutcome, perf_lines: list[PerfLine],
     if outcome.timed_out:
         return FAILURE, f"timed out after {timeout:g} s", [], warnings
     if outcome.exit_code != 0:
-        return FAILURE, describe_exit(outcome.exit_code if outcome.exit_code is not None else -9), [], warnings
+        reason = describe_exit(outcome.exit_code if outcome.exit_code is not None else -9)
+        return FAILURE, reason + (f"; {error_hit.reason()}" if error_hit else ""), [], warnings
+    if error_hit is not None:
+        return FAILURE, error_hit.reason(), [], warnings
     rows: list[ResultRow]
     if multiple_results:
         try:
