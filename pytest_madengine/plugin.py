@@ -87,6 +87,7 @@ def _options(config: pytest.Config) -> Options:
         keep_alive=opt("mad_keep_alive"),
         force_mirror_local=under_root(opt("mad_force_mirror_local")) if opt("mad_force_mirror_local") else None,
         dry_run=opt("mad_dry_run"),
+        node_folders=opt("mad_work_dir") == "mad_work" and opt("mad_log_dir") == "mad_logs",
     )
 
 
@@ -265,6 +266,10 @@ class Reporter:
         self.perf_csv = Path(config.getoption("mad_perf_csv"))
         if not self.perf_csv.is_absolute():
             self.perf_csv = Path(config.invocation_params.dir) / self.perf_csv
+        mad = mad_session(config)
+        if mad.options.node_folders and mad.multi_node.node_rank > 0 and config.getoption("mad_perf_csv") == "perf.csv":
+            # A shared checkout: node 0 writes the run's perf.csv; the others keep their rows by their logs.
+            self.perf_csv = mad.options.log_dir / "perf.csv"
         self.meta = report.run_meta(Path(config.invocation_params.dir), os.environ)
         self.results: list[ModelResult] = []
         self.seen: set[str] = set()

@@ -6,6 +6,7 @@ worker). Items call ``run_model``; hooks only delegate here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import shutil
@@ -59,6 +60,7 @@ class Options:
     rebuild: bool = False
     keep_alive: bool = False
     dry_run: bool = False  # --mad-dry-run: plans only; backends start and remove nothing
+    node_folders: bool = False  # multi-node with the default folders: mad_work/node<R>, mad_logs/node<R>
     force_mirror_local: Path | None = None  # --mad-force-mirror-local: MAD_DATAHOME, mounted
 
 
@@ -187,6 +189,11 @@ class MadSession:
         self.run_id = uuid.uuid4().hex[:12]
         self.context, self.context_warnings = context_mod.build(context_sources)
         self.multi_node = multinode_mod.from_context(self.context)  # multi_node_args; UsageError if unusable
+        if self.multi_node.multi_node and options.node_folders:
+            # Nodes often share one checkout (NFS): each writes its own run folders and logs.
+            node = f"node{self.multi_node.node_rank}"
+            options = dataclasses.replace(options, work_dir=options.work_dir / node, log_dir=options.log_dir / node)
+            self.options = options
         self.context_warnings = [*self.context_warnings, *self.multi_node.warnings]
         self.mirror = check_mirror(options.force_mirror_local)  # never created here
         self.run_context = self.context if self.mirror is None else Context(  # the mirror mounted at its path
@@ -359,17 +366,20 @@ class MadSession:
         sink = OutputSink(self.log_path(item_name), live=live)
         sink.error_scan = errorscan.from_settings(model.raw, self.context)
         result.log = str(sink.log_path)
+        node = NodeRun(self.multi_node, model.name, self.mirror) if self.multi_node.configured else None
         try:
             commit = self.prepare_run_folder(run, sink.note)
         except (MadError, OSError) as exc:
-            sink.close()
             result.reason = f"cannot prepare the run folder {run.run_dir}: {exc}"
+            if node is not None:  # the other nodes must not wait out the rendezvous for this one
+                with self.interrupts.guard() as cancel:
+                    node.abandon(result.reason, sink, cancel)
+            sink.close()
             result.tail = sink.tail()
             return result
         if commit:
             result.properties["git_commit"] = commit
         waits = WaitNotes(sink.note, run.n_gpus, self.pool.ids)
-        node = NodeRun(self.multi_node, model.name, self.mirror) if self.multi_node.configured else None
         try:
             # Guarded from the GPU wait on: a signal then cancels the wait or the run, never loses the row.
             with self.interrupts.guard() as cancel:
@@ -422,6 +432,7 @@ class MadSession:
                 # Multi-node: build first, then meet, so no peer waits out a build in the barrier.
                 prepared = self.executor.prepare(plan, sink, cancel)
                 if prepared is not None:
+                    node.abandon(prepared.problem or "its preparation failed", sink, cancel)
                     return prepared
                 joined = node.join(sink, cancel)
                 if joined:

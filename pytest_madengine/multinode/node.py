@@ -80,6 +80,25 @@ class NodeRun:
 
     # ------------------------------------------------------------------ before the script
 
+    def abandon(self, reason: str, sink: OutputSink | None = None, cancel: Any = None) -> None:
+        """This node failed before the meeting (its image build, its run folder): tell the
+        others now, so they fail in seconds naming this node, not at the rendezvous timeout."""
+        if not self.mn.needs_barrier:
+            return
+        token = rendezvous.token_for(self.model, self.mn.nnodes)
+        if sink is not None:
+            sink.note(f"rendezvous: telling the other nodes that node {self.mn.node_rank} failed: {reason}")
+        try:
+            if self.mn.node_rank == 0:
+                rendezvous.lead(port=self.mn.rendezvous_port, where=self.where, nnodes=self.mn.nnodes, token=token,
+                                model=self.model, timeout=self.mn.rendezvous_timeout, cancel=cancel, failed=reason)
+            else:
+                rendezvous.follow(addr=self.mn.master_addr, port=self.mn.rendezvous_port, where=self.where,
+                                  rank=self.mn.node_rank, token=token, model=self.model,
+                                  timeout=self.mn.rendezvous_timeout, cancel=cancel, failed=reason)
+        except (rendezvous.RendezvousFailed, OSError):
+            pass  # expected: the meeting is off; this node's own reason stands
+
     def join(self, sink: OutputSink | None = None, cancel: Any = None) -> str:
         """Wait for the other nodes. Returns "" to go on, else the item's failure reason."""
         if not self.mn.needs_barrier:

@@ -6,7 +6,9 @@ missing. Node 0 listens on ``rendezvous_port`` (MASTER_PORT + 1 by default); the
 connect with retries. One TCP connection per node and model carries, as JSON lines:
 
 ====================  ==========================================================
-peer -> node 0        ``{"hello": token, "rank": r, "model": name}``
+peer -> node 0        ``{"hello": token, "rank": r, "model": name}``, with ``"failed": why``
+                      from a node that failed before the meeting (its image build, its
+                      run folder): node 0 then aborts every node, latecomers included
 node 0 -> peer        ``{"go": offer}`` once every node joined; ``{"retry": why}``
                       for a token of another model (node 0 is behind or ahead);
                       ``{"error": why}`` (duplicate or bad rank); ``{"abort": why}``
@@ -228,8 +230,9 @@ def _listen(port: int) -> socket.socket:
 
 
 def lead(*, port: int, where: str, nnodes: int, token: str, model: str, timeout: float,
-         offer: Mapping[str, Any] | None = None, cancel: Any = None) -> Link:
-    """Node 0: wait for NNODES-1 peers, hand them ``offer``, collect their checks, start."""
+         offer: Mapping[str, Any] | None = None, cancel: Any = None, failed: str = "") -> Link:
+    """Node 0: wait for NNODES-1 peers, hand them ``offer``, collect their checks, start.
+    ``failed``: node 0 itself failed before the meeting; every peer is told at once."""
     start = time.monotonic()
     deadline = start + timeout
     try:
@@ -242,8 +245,12 @@ def lead(*, port: int, where: str, nnodes: int, token: str, model: str, timeout:
     joined: dict[int, _Conn] = {}
     hello_wait: list[tuple[_Conn, float]] = []
     want = set(range(1, nnodes))
+    doomed = f"node 0 failed before the meeting: {failed}" if failed else ""
+    told: set[int] = set()
     try:
         while set(joined) != want:
+            if doomed and told | set(joined) >= want:
+                break  # every peer knows: no need to wait out the timeout
             left = deadline - time.monotonic()
             if cancel is not None and cancel:
                 raise RendezvousFailed("rendezvous interrupted")
@@ -287,7 +294,20 @@ def lead(*, port: int, where: str, nnodes: int, token: str, model: str, timeout:
                     conn.send(verdict)
                     conn.close()
                     continue
-                joined[int(msg["rank"])] = conn
+                rank = int(msg["rank"])
+                if msg.get("failed") and not doomed:
+                    doomed = f"node {rank} failed before the meeting: {msg['failed']}"
+                    for other in joined.values():  # the ones already waiting learn it now
+                        other.send({"abort": doomed})
+                        other.close()
+                    told.update(joined)
+                    joined.clear()
+                if doomed:
+                    conn.send({"abort": doomed})
+                    conn.close()
+                    told.add(rank)
+                    continue
+                joined[rank] = conn
             hello_wait = still
     except BaseException as exc:
         for conn in joined.values():
@@ -300,6 +320,8 @@ def lead(*, port: int, where: str, nnodes: int, token: str, model: str, timeout:
         server.close()
     for conn, _ in hello_wait:
         conn.close()
+    if doomed:
+        raise RendezvousFailed(f"rendezvous at {where} aborted: {doomed}")
     # Everyone is here: hand out the offer, gather the checks, then start or abort together.
     offer = dict(offer or {})
     problems: dict[int, str] = {}
@@ -347,8 +369,9 @@ def _admit(msg: Mapping[str, Any], *, token: str, model: str, nnodes: int, joine
 
 
 def follow(*, addr: str, port: int, where: str, rank: int, token: str, model: str, timeout: float,
-           check: Check | None = None, cancel: Any = None) -> Link:
-    """Node ``rank`` > 0: join node 0, run ``check`` on its offer, wait for the start."""
+           check: Check | None = None, cancel: Any = None, failed: str = "") -> Link:
+    """Node ``rank`` > 0: join node 0, run ``check`` on its offer, wait for the start.
+    ``failed``: this node failed before the meeting; it only tells node 0, which aborts all."""
     deadline = time.monotonic() + timeout
     last = ""
     while True:
@@ -367,7 +390,7 @@ def follow(*, addr: str, port: int, where: str, rank: int, token: str, model: st
             continue
         conn = _Conn(sock, f"{addr}:{port}")
         outcome = _handshake(conn, rank=rank, token=token, model=model, deadline=deadline, where=where,
-                             check=check, cancel=cancel, timeout=timeout)
+                             check=check, cancel=cancel, timeout=timeout, failed=failed)
         if isinstance(outcome, Link):
             return outcome
         conn.close()
@@ -376,9 +399,12 @@ def follow(*, addr: str, port: int, where: str, rank: int, token: str, model: st
 
 
 def _handshake(conn: _Conn, *, rank: int, token: str, model: str, deadline: float, where: str,
-               check: Check | None, cancel: Any, timeout: float) -> Link | str:
+               check: Check | None, cancel: Any, timeout: float, failed: str = "") -> Link | str:
     """A Link, or why to try again; raises for answers that end the rendezvous."""
-    if not conn.send({"hello": token, "rank": rank, "model": model}):
+    hello: dict[str, Any] = {"hello": token, "rank": rank, "model": model}
+    if failed:
+        hello["failed"] = failed
+    if not conn.send(hello):
         return "connection lost"
     reply = conn.recv(deadline, cancel)
     if reply is None:
