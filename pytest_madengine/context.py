@@ -30,14 +30,14 @@ KNOWN_KEYS = frozenset(
         "gpus_per_node", "gpu_count", "n_gpus", "launcher", "vllm", "debug",
         "gen_sys_env_details", "log_error_pattern_scan", "log_error_benign_patterns",
         "log_error_patterns", "deploy", "docker_shm_size", "metric_direction",
-        "rendezvous_timeout", "docker_run_options", "docker_build_timeout", "rendezvous_port",
+        "rendezvous_timeout", "docker_run_options", "docker_build_timeout", "rendezvous_port", "model_args",
     }
 )
 
 # Keys madengine reads that we accept but do not act on: warn, so nobody believes they took effect.
 IGNORED_KEYS = frozenset(
     {
-        "tools", "pre_scripts", "post_scripts", "encapsulate_script", "slurm", "k8s",
+        "tools", "encapsulate_script", "slurm", "k8s",
         "kubernetes", "env_vars", "gpus_per_node", "gpu_count", "n_gpus", "launcher", "vllm", "debug",
         "gen_sys_env_details", "deploy", "docker_shm_size", "docker_run_options",
     }

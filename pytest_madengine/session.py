@@ -39,7 +39,7 @@ from pytest_madengine.output import OutputSink
 from pytest_madengine.results import errorscan
 from pytest_madengine.results.result import FAILURE, SKIPPED, ModelResult, Row
 from pytest_madengine.verdict import evaluate
-from pytest_madengine.workspace import gitclone
+from pytest_madengine.workspace import around, gitclone
 from pytest_madengine.workspace.paths import flat_name, safe_relpath
 from pytest_madengine.workspace.runfolder import copy_script_folder
 
@@ -254,8 +254,13 @@ class MadSession:
         rel = safe_relpath(model_name)
         return self.options.log_dir / rel.parent / f"{rel.name}.log"
 
+    def model_args(self, model: Model) -> str:
+        """madengine's context key ``model_args`` replaces every model's ``args``."""
+        given = self.context.get("model_args")
+        return str(given) if given is not None else model.args
+
     def base_result(self, model: Model, extra_args: Sequence[str], item_name: str | None = None) -> ModelResult:
-        args = " ".join([model.args, shlex.join(extra_args)]).strip()
+        args = " ".join([self.model_args(model), shlex.join(extra_args)]).strip()
         return ModelResult(
             model=model.name, status=FAILURE, executor=self.executor.name, tags=model.tags,
             n_gpus=model.n_gpus, args=args, dockerfile=model.dockerfile,
@@ -272,9 +277,11 @@ class MadSession:
         writes nothing). Raises NotRunnable with the reason the item fails."""
         item_name = item_name or model.name
         try:
-            args = shlex.split(model.args) + list(extra_args)
+            args = shlex.split(self.model_args(model)) + list(extra_args)
         except ValueError as exc:
-            raise NotRunnable(f"{model.source} entry '{model.name}': field 'args' cannot be split: {exc}") from None
+            where = ("context key 'model_args'" if "model_args" in self.context
+                     else f"{model.source} entry '{model.name}': field 'args'")
+            raise NotRunnable(f"{where} cannot be split: {exc}") from None
         script = model.base_dir / model.scripts
         if not script.exists():
             raise NotRunnable(f"script not found: {script} ({model.source} entry '{model.name}', field 'scripts')")
@@ -283,6 +290,7 @@ class MadSession:
         except UsageError as exc:
             raise NotRunnable(f"{model.name} {exc}") from None
         try:
+            around.steps(self.context, self.options.root)  # pre/post scripts checked before anything runs
             errorscan.from_settings(model.raw, self.context)  # log_error_* checked before anything runs
             self.launch_of(model, n)  # `distributed` settings checked before anything runs
         except MadError as exc:
@@ -303,7 +311,7 @@ class MadSession:
         """The executor's input once ``gpus`` are held (pure). Raises LauncherError."""
         model = run.model
         launch = self.launch_of(model, len(gpus))
-        argv = run.argv
+        argv = around.wrap(run.argv, around.steps(self.context, self.options.root))
         if launch is not None and launch.setup:
             # The launcher's per-node setup (a Ray head or worker) runs first, in the same
             # process group or container; its argv are constants and quoted, never user text.
@@ -337,6 +345,8 @@ class MadSession:
         commit = self._clone(model, run_dir, note) if model.url else ""
         copy_script_folder(run.source_dir, run_dir, bounds=path_bounds(model.source, self.options.root),
                            skip=(self.options.work_dir, self.options.log_dir), note=note, fresh=False)
+        for step in around.steps(self.context, self.options.root):  # madengine copies them in as well
+            shutil.copy2(step.source, run_dir / step.name)
         stale = run_dir / model.multiple_results if model.multiple_results else None
         if stale is not None and stale.is_file():  # left in the script's folder by an earlier run
             stale.unlink()
@@ -401,6 +411,12 @@ class MadSession:
                                                   error_hit=sink.error_scan.hit if sink.error_scan else None)
         result.status, result.reason, result.rows = status, reason, rows
         result.warnings = warnings
+        failed = around.failed_step(run.run_dir)
+        if failed is not None:
+            kind, name, code = failed
+            why = f"{kind}-script {name} exited {code}" + (" (timed out)" if code == 124 else "")
+            result.properties[f"{kind}_script_failed"] = why
+            result.fail(why, rows="drop" if kind == "pre" else "keep")
         if node is not None:  # this node's verdict; node 0 combines the ranks' values
             node.finish(result, outcome_ok=outcome.exit_code == 0 and not (outcome.problem or outcome.timed_out
                                                                       or outcome.interrupted),
