@@ -29,6 +29,7 @@ import pytest
 
 from pytest_madengine.executors.docker import daemon as ddaemon
 from pytest_madengine.executors.docker import plan as dplan
+from tests.procs import dead_pid
 
 from .multinode_helpers import unavailable
 
@@ -546,22 +547,10 @@ def test_keep_alive_keeps_the_container_and_the_exit_code(project: Project) -> N
     assert len(project.containers(bad)) == 1
 
 
-def _dead_pid() -> int:
-    pid = 4_000_000
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return pid
-        except PermissionError:
-            pass
-        pid -= 1
-
-
 def test_containers_of_a_killed_pytest_are_swept(project: Project) -> None:
     orphan = project.name("orphan")
     labels = {dplan.LABEL_MODEL: orphan, dplan.LABEL_RUN_ID: "deadbeef",
-              dplan.LABEL_OWNER: f"{socket.gethostname()}:{_dead_pid()}"}
+              dplan.LABEL_OWNER: f"{socket.gethostname()}:{dead_pid()}"}
     c = project.client.containers.run(BASE, ["sleep", "300"], detach=True, labels=labels, name=f"mad_{orphan}")
     other_host = project.client.containers.run(
         BASE, ["sleep", "300"], detach=True, name=f"mad_{orphan}_elsewhere",

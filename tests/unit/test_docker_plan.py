@@ -22,21 +22,9 @@ from pytest_madengine.executors.docker import executor as dx
 from pytest_madengine.executors.docker import images as dimages
 from pytest_madengine.executors.docker import plan as dplan
 from pytest_madengine.models import Model
+from tests.procs import dead_pid
 
 # ------------------------------------------------------------------ the plan, as data (no daemon)
-
-
-def _dead_pid() -> int:
-    """A pid no process has now (an owner that died)."""
-    pid = 4_000_000
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return pid
-        except PermissionError:
-            pass
-        pid -= 1
 
 
 def _spec(tmp_path: Path, *, vendor: str = "AMD", gpus: tuple[int, ...] = (2, 3), devices: bool = True,
@@ -253,7 +241,7 @@ def test_build_context_never_holds_credentials_or_git(tmp_path: Path, monkeypatc
 
 def test_orphan_sweep_skips_other_pid_namespaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ex = _offline_executor(tmp_path, monkeypatch)
-    host, ns, dead = socket.gethostname(), dplan.pid_namespace(), _dead_pid()
+    host, ns, dead = socket.gethostname(), dplan.pid_namespace(), dead_pid()
     assert ns and dplan.owner_label() == f"{host}:{os.getpid()}:{ns}"
     assert dplan.parse_owner(dplan.owner_label()) == (host, os.getpid(), ns)
     assert dplan.parse_owner(f"{host}:12") == (host, 12, None) and dplan.parse_owner("garbage") is None
