@@ -45,6 +45,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--mad-executor", default="auto", metavar="NAME",
                 help="where scripts run: auto (slurm with slurm_args in the context, else docker when a "
                      "Docker daemon answers, else local), docker, local, slurm, or a plugin's backend")
+    g.addoption("--mad-skip-model-run", action="store_true",
+                help="run everything up to the model's script (build, container, pre/post scripts), not the script")
     g.addoption("--mad-dry-run", action="store_true",
                 help="print every selected model's plan (image, container, argv, sbatch script) and run nothing")
     g.addoption("--mad-log-dir", default="mad_logs", metavar="DIR", help="per-model logs (default mad_logs/)")
@@ -87,6 +89,7 @@ def _options(config: pytest.Config) -> Options:
         keep_alive=opt("mad_keep_alive"),
         force_mirror_local=under_root(opt("mad_force_mirror_local")) if opt("mad_force_mirror_local") else None,
         dry_run=opt("mad_dry_run"),
+        skip_model_run=opt("mad_skip_model_run"),
         node_folders=opt("mad_work_dir") == "mad_work" and opt("mad_log_dir") == "mad_logs",
     )
 
@@ -342,7 +345,8 @@ class Reporter:
             return
         self.seen.add(report.nodeid)
         self.results.append(result)
-        report_mod.append_perf_csv(self.perf_csv, report_mod.perf_rows(result, self.meta))
+        if result.perf_row:
+            report_mod.append_perf_csv(self.perf_csv, report_mod.perf_rows(result, self.meta))
         if self.config.getini("junit_family") not in ("xunit1", "legacy"):
             self._xunit2(report, result)
 

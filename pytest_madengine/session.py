@@ -61,6 +61,7 @@ class Options:
     keep_alive: bool = False
     dry_run: bool = False  # --mad-dry-run: plans only; backends start and remove nothing
     node_folders: bool = False  # multi-node with the default folders: mad_work/node<R>, mad_logs/node<R>
+    skip_model_run: bool = False  # --mad-skip-model-run: all but the model's script
     force_mirror_local: Path | None = None  # --mad-force-mirror-local: MAD_DATAHOME, mounted
 
 
@@ -311,7 +312,9 @@ class MadSession:
         """The executor's input once ``gpus`` are held (pure). Raises LauncherError."""
         model = run.model
         launch = self.launch_of(model, len(gpus))
-        argv = around.wrap(run.argv, around.steps(self.context, self.options.root))
+        # --mad-skip-model-run: the same plan with `true` where the script would run
+        script = ("true",) if self.options.skip_model_run else run.argv
+        argv = around.wrap(script, around.steps(self.context, self.options.root))
         if launch is not None and launch.setup:
             # The launcher's per-node setup (a Ray head or worker) runs first, in the same
             # process group or container; its argv are constants and quoted, never user text.
@@ -411,6 +414,8 @@ class MadSession:
                                                   error_hit=sink.error_scan.hit if sink.error_scan else None)
         result.status, result.reason, result.rows = status, reason, rows
         result.warnings = warnings
+        if self.options.skip_model_run and outcome.exit_code == 0 and not outcome.problem:
+            result.skip("model run skipped (--mad-skip-model-run)", perf_row=False)  # madengine: no row either
         failed = around.failed_step(run.run_dir)
         if failed is not None:
             kind, name, code = failed

@@ -57,6 +57,7 @@ class ModelResult:
     training_precision: str = ""
     dataname: str = ""
     properties: dict[str, Any] = field(default_factory=dict)
+    perf_row: bool = True  # False: a run that measured nothing on purpose (--mad-skip-model-run)
 
     @property
     def passed(self) -> bool:
@@ -76,6 +77,10 @@ class ModelResult:
         for row in self.rows:
             if only is None or row.name in only:
                 row.status = FAILURE
+
+    def skip(self, reason: str, *, perf_row: bool) -> None:
+        """Now skipped (``perf_row``: whether perf.csv still gets a SKIPPED row, as for skip_gpu_arch)."""
+        self.status, self.reason, self.rows, self.perf_row = SKIPPED, reason, [], perf_row
 
     def succeed(self, rows: list[Row]) -> None:
         """Now a success with these rows (a multi-node verdict: the nodes' combined values)."""

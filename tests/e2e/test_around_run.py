@@ -82,3 +82,16 @@ def test_model_args_replace_every_models_args(pytester: pytest.Pytester, repo: M
     for name in ("a", "b"):
         assert "args: --batch 1 --dry" in (pytester.path / f"mad_logs/{name}.log").read_text()
         assert perf(pytester)[name]["args"] == "--batch 1 --dry"
+
+
+def test_skip_model_run_runs_everything_but_the_script(pytester: pytest.Pytester, repo: ModelRepo) -> None:
+    scripts(repo)
+    repo.model("m", PERF_OK)
+    ctx = json.dumps({"pre_scripts": [{"path": "common/pre.sh", "args": "one"}]})
+    res = pytester.runpytest("-p", "no:cacheprovider", "--mad-tags=t", "--mad-executor=local", "-rs",
+                             "--mad-skip-model-run", f"--mad-context={ctx}")
+    res.assert_outcomes(skipped=1)
+    res.stdout.fnmatch_lines(["*model run skipped (--mad-skip-model-run)*"])
+    log = (pytester.path / "mad_logs/m.log").read_text()
+    assert "pre one in m" in log and "running m" not in log
+    assert not (pytester.path / "perf.csv").exists()  # nothing measured, no row (as madengine)
