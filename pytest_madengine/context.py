@@ -39,7 +39,7 @@ IGNORED_KEYS = frozenset(
     {
         "tools", "encapsulate_script", "slurm", "k8s",
         "kubernetes", "env_vars", "gpus_per_node", "gpu_count", "n_gpus", "launcher", "vllm", "debug",
-        "gen_sys_env_details", "deploy", "docker_shm_size", "docker_run_options",
+        "deploy", "docker_shm_size", "docker_run_options",
     }
 )
 

@@ -313,15 +313,19 @@ class MadSession:
         model = run.model
         launch = self.launch_of(model, len(gpus))
         # --mad-skip-model-run: the same plan with `true` where the script would run
-        script = ("true",) if self.options.skip_model_run else run.argv
-        argv = around.wrap(script, around.steps(self.context, self.options.root))
+        argv = ("true",) if self.options.skip_model_run else run.argv
+        env_csv = around.env_csv_name(model.name) if around.env_snapshot_on(model.raw, self.context) else ""
+        steps = around.steps(self.context, self.options.root)
+        wrapper = around.prefix(steps, env_csv)
+        notes = [around.describe(steps, env_csv)] if wrapper else []
         if launch is not None and launch.setup:
             # The launcher's per-node setup (a Ray head or worker) runs first, in the same
             # process group or container; its argv are constants and quoted, never user text.
-            steps = "; ".join(shlex.join(step) for step in launch.setup)
-            argv = ("bash", "-c", f'set -e; {steps}; exec "$@"', "mad-launcher-setup", *argv)
+            setup = "; ".join(shlex.join(step) for step in launch.setup)
+            wrapper = ("bash", "-c", f'set -e; {setup}; exec "$@"', "mad-launcher-setup", *wrapper)
+            notes.insert(0, f"launcher setup: {setup}")
         return RunSpec(
-            model=model, argv=argv,
+            model=model, argv=argv, wrapper=wrapper, around=", ".join(n for n in notes if n),
             env=script_env(model, self.context, vendor=self.pool.vendor, arch=self.arch,
                            system_ngpus=len(self.gpu_info.ids), gpus=gpus, runtime_ngpus=len(gpus),
                            use_devices=self.pool.uses_devices, deployment=self.executor.name,
@@ -350,6 +354,8 @@ class MadSession:
                            skip=(self.options.work_dir, self.options.log_dir), note=note, fresh=False)
         for step in around.steps(self.context, self.options.root):  # madengine copies them in as well
             shutil.copy2(step.source, run_dir / step.name)
+        if around.env_snapshot_on(model.raw, self.context):
+            (run_dir / around.ENV_SCRIPT).write_text(around.ENV_SNAPSHOT)
         stale = run_dir / model.multiple_results if model.multiple_results else None
         if stale is not None and stale.is_file():  # left in the script's folder by an earlier run
             stale.unlink()
@@ -416,6 +422,9 @@ class MadSession:
         result.warnings = warnings
         if self.options.skip_model_run and outcome.exit_code == 0 and not outcome.problem:
             result.skip("model run skipped (--mad-skip-model-run)", perf_row=False)  # madengine: no row either
+        env_csv = run.run_dir / around.env_csv_name(model.name)
+        if env_csv.is_file():
+            result.properties["env_csv"] = str(env_csv)
         failed = around.failed_step(run.run_dir)
         if failed is not None:
             kind, name, code = failed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,14 @@ class RunSpec:
     run_id: str
     dockerfile: Path | None = None  # the Dockerfile this item builds, pinned at collection
     files: Mapping[str, str] = field(default_factory=dict)  # written into run_dir before the run (a hostfile)
+    # What runs argv (appended as "$@"): a launcher's setup, pre/post scripts, the environment
+    # snapshot; the plan shows ``around`` for it, argv stays the model's own command.
+    wrapper: tuple[str, ...] = ()
+    around: str = ""
+
+    def command(self, argv: Sequence[str] | None = None) -> tuple[str, ...]:
+        """The full command: the wrapper, then ``argv`` (default: the model's)."""
+        return (*self.wrapper, *(self.argv if argv is None else argv))
 
 
 SECRET_MARKERS = ("PASSWORD", "TOKEN", "SECRET", "KEY", "CREDENTIAL")
@@ -71,6 +79,8 @@ class Plan:
             head.append(f"  multi-node: node {s.env.get('NODE_RANK', '0')} of {s.env.get('NNODES', '?')}, "
                         f"rendezvous {s.env.get('MASTER_ADDR', '?')}:{s.env.get('MASTER_PORT', '?')}, "
                         f"runner {runner}")
+        if s.around:
+            head.append(f"  around the script: {s.around}")
         if s.files:
             head.append(f"  files written into the run folder: {', '.join(sorted(s.files))}")
         return "\n".join([*head, *self.lines()])

@@ -38,6 +38,7 @@ class LocalExecutor(Executor):
         argv = list(spec.argv)
         if argv and argv[0] == "python3":
             argv[0] = sys.executable  # the interpreter pytest runs on, with its packages
+        argv = list(spec.command(argv))
         env = dict(spec.env)
         # torchrun and python from pytest's own environment, even when it is not activated
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")

@@ -19,6 +19,39 @@ from typing import Any
 from pytest_madengine.errors import UsageError
 
 STEP_TIMEOUT_S = 600  # madengine's, per pre/post-script
+ENV_SCRIPT = ".mad_env_snapshot.sh"
+# madengine's `<model>_env.csv` (gen_sys_env_details), written where the script runs (host or
+# container): what that environment is, not what the host running pytest is. Never fails a run.
+ENV_SNAPSHOT = r"""out="$1"
+py() { python3 -c "$1" 2>/dev/null; }
+{
+  echo "key,value"
+  echo "os,\"$(. /etc/os-release 2>/dev/null; echo "${PRETTY_NAME:-unknown}")\""
+  echo "kernel,$(uname -r)"
+  echo "cpu,\"$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//; s/"//g')\""
+  echo "cpus,$(nproc 2>/dev/null || echo unknown)"
+  echo "memory_kb,$(awk '/MemTotal/ {print $2}' /proc/meminfo 2>/dev/null)"
+  # one interpreter start, versions from the dist-info folder names: a run pays a few tens of
+  # milliseconds for its snapshot (importlib.metadata would scan every installed package)
+  py 'import glob, os, platform, sys
+print("python," + platform.python_version())
+seen = set()
+for folder in sys.path:
+    for pkg in ("torch", "numpy", "transformers", "vllm", "sglang", "deepspeed", "megatron_core"):
+        for hit in glob.glob(os.path.join(folder, pkg + "-*.dist-info")):
+            name, _, version = os.path.basename(hit)[: -len(".dist-info")].partition("-")
+            if name not in seen:
+                seen.add(name)
+                print(name + "," + version)' || echo "python,none"
+  if command -v amd-smi >/dev/null 2>&1; then echo "amd_smi,\"$(amd-smi version 2>/dev/null | head -1 | tr -d '"')\""; fi
+  if command -v rocm-smi >/dev/null 2>&1; then echo "rocm_driver,\"$(rocm-smi --showdriverversion 2>/dev/null | grep -i version | head -1 | tr -d '"')\""; fi
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    echo "nvidia_driver,$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)"
+    echo "gpus,\"$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | paste -sd';' | tr -d '"')\""
+  fi
+} > "$out" 2>/dev/null
+exit 0
+"""
 STATUS_FILE = ".mad_around"
 PRE_FAILED_EXIT = 86
 
@@ -60,27 +93,59 @@ def steps(context: Mapping[str, Any], workspace: Path) -> tuple[Step, ...]:
     return tuple(out)
 
 
-def wrap(argv: Sequence[str], around: Sequence[Step]) -> tuple[str, ...]:
-    """The model's argv wrapped by its pre and post steps: ``bash -c SCRIPT mad-around argv...``.
-    The script text is built from constants and ``shlex``-quoted names and arguments only."""
-    if not around:
-        return tuple(argv)
+def env_snapshot_on(card: Mapping[str, Any], context: Mapping[str, Any]) -> bool:
+    """``gen_sys_env_details`` (card, then context; on unless false)."""
+    on: Any = True
+    for source in (card, context):
+        if "gen_sys_env_details" in source:
+            on = source["gen_sys_env_details"]
+    return str(on).strip().lower() not in ("false", "0", "no", "off", "")
+
+
+def env_csv_name(model: str) -> str:
+    return f"{model.replace('/', '_')}_env.csv"
+
+
+def prefix(around: Sequence[Step], env_csv: str = "") -> tuple[str, ...]:
+    """What runs the model's argv (appended as ``"$@"``) with its pre and post steps:
+    ``bash -c SCRIPT mad-around``; () when there is nothing around it. The script text is built
+    from constants and ``shlex``-quoted names and arguments only. ``env_csv``: first write the
+    environment snapshot there (``ENV_SCRIPT`` in the run folder). Without post steps the
+    script is ``exec``'d, so its exit status and signals reach us as they are."""
+    if not around and not env_csv:
+        return ()
     lines = [
         "set -u",
         f'step() {{ timeout {STEP_TIMEOUT_S} bash "$@"; }}',
         f"rm -f {STATUS_FILE}",
     ]
+    if env_csv:
+        lines.append(f"bash {ENV_SCRIPT} {shlex.quote(env_csv)}")
     for step in (s for s in around if s.kind == "pre"):
         call = shlex.join([step.name, *step.args])
         lines.append(f"step {call}; rc=$?; if [ $rc -ne 0 ]; then "
                      f"echo {shlex.quote(f'pre {step.name}')} $rc > {STATUS_FILE}; exit {PRE_FAILED_EXIT}; fi")
+    posts = [s for s in around if s.kind == "post"]
+    if not posts:
+        lines.append('exec "$@"')
+        return ("bash", "-c", "\n".join(lines), "mad-around")
     lines.append('"$@"; status=$?')
-    for step in (s for s in around if s.kind == "post"):
+    for step in posts:
         call = shlex.join([step.name, *step.args])
         lines.append(f"step {call}; rc=$?; if [ $rc -ne 0 ] && [ ! -s {STATUS_FILE} ]; then "
                      f"echo {shlex.quote(f'post {step.name}')} $rc > {STATUS_FILE}; fi")
     lines.append("exit $status")
-    return ("bash", "-c", "\n".join(lines), "mad-around", *argv)
+    return ("bash", "-c", "\n".join(lines), "mad-around")
+
+
+def describe(around: Sequence[Step], env_csv: str) -> str:
+    """One line for the plan."""
+    parts = [f"environment snapshot to {env_csv}"] if env_csv else []
+    for kind in ("pre", "post"):
+        names = [shlex.join([s.name, *s.args]) for s in around if s.kind == kind]
+        if names:
+            parts.append(f"{kind}-scripts {'; '.join(names)}")
+    return ", ".join(parts)
 
 
 def failed_step(run_dir: Path) -> tuple[str, str, int] | None:

@@ -95,3 +95,28 @@ def test_skip_model_run_runs_everything_but_the_script(pytester: pytest.Pytester
     log = (pytester.path / "mad_logs/m.log").read_text()
     assert "pre one in m" in log and "running m" not in log
     assert not (pytester.path / "perf.csv").exists()  # nothing measured, no row (as madengine)
+
+
+@pytest.mark.parametrize("executor", ["local", "docker"])
+def test_an_environment_snapshot_is_written_where_the_script_runs(pytester: pytest.Pytester, repo: ModelRepo,
+                                                                  executor: str,
+                                                                  request: pytest.FixtureRequest) -> None:
+    ctx: dict[str, object] = {}
+    if executor == "docker":
+        request.getfixturevalue("client")
+        (pytester.path / "docker").mkdir(exist_ok=True)
+        (pytester.path / "docker/test.Dockerfile").write_text("ARG BASE_DOCKER\nFROM ${BASE_DOCKER}\n")
+        ctx["docker_build_arg"] = {"BASE_DOCKER": DOCKER_BASE}
+    repo.model("zoo/snap", PERF_OK, script="scripts/snap/run.sh")
+    repo.model("nosnap", PERF_OK, gen_sys_env_details=False)
+    res = pytester.runpytest("-p", "no:cacheprovider", "--mad-tags=t", f"--mad-executor={executor}",
+                             "-o", "junit_family=xunit1", "--junitxml=junit.xml", f"--mad-context={json.dumps(ctx)}")
+    res.assert_outcomes(passed=2)
+    env_csv = pytester.path / "mad_work/zoo__snap/zoo_snap_env.csv"
+    with open(env_csv, newline="") as fh:
+        facts = dict(csv.reader(fh))
+    assert facts["key"] == "value" and facts["kernel"] and int(facts["cpus"]) >= 1 and facts["os"]
+    assert str(env_csv) in (pytester.path / "junit.xml").read_text()  # listed as a JUnit property
+    assert not list((pytester.path / "mad_work/nosnap").glob("*_env.csv"))
+    plan = (pytester.path / "mad_logs/zoo/snap.log").read_text()
+    assert "around the script: environment snapshot to zoo_snap_env.csv" in plan

@@ -309,7 +309,7 @@ def plan_container(spec: RunSpec, image: str, *, name: str, keep_alive: bool) ->
         if "name" in extra or "working_dir" in extra:
             raise ExecutorError(f"{spec.model.source} entry '{spec.model.name}': additional_docker_run_options "
                                 "may not set the container's name or working dir")
-    command = list(spec.argv)
+    command = list(spec.command())
     if keep_alive:
         command = ["bash", "-c", KEEP_ALIVE_SCRIPT, "mad-keep-alive", *command]
     labels = {

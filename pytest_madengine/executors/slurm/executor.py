@@ -82,7 +82,7 @@ def framework_log_order(names: list[str], job_id: str) -> list[tuple[str, int | 
 
 def spec_key(spec: RunSpec) -> tuple[Any, ...]:
     """What a submitted-ahead job must share with the item's own plan to be used for it."""
-    return (spec.model.name, tuple(spec.argv), tuple(sorted(spec.env.items())), str(spec.run_dir),
+    return (spec.model.name, spec.command(), tuple(sorted(spec.env.items())), str(spec.run_dir),
             spec.timeout)
 
 
@@ -166,6 +166,7 @@ class SlurmExecutor(Executor):
         argv = list(spec.argv)
         if argv and argv[0] == "python3" and not a.docker_image:
             argv[0] = sys.executable  # the same Python, on the shared file system
+        argv = list(spec.command(argv))
         return batch_mod.BatchPlan(
             job_name=batch_mod.job_name(self.run_id, spec.model.name), job_dir=self.job_dir(spec.model.name),
             node_dir=self.node_dir(spec.model.name), argv=tuple(argv), env=dict(spec.env), nodes=a.nodes,
