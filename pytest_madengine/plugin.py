@@ -270,7 +270,8 @@ class Reporter:
         if not self.perf_csv.is_absolute():
             self.perf_csv = Path(config.invocation_params.dir) / self.perf_csv
         mad = mad_session(config)
-        if mad.options.node_folders and mad.multi_node.node_rank > 0 and config.getoption("mad_perf_csv") == "perf.csv":
+        if (mad.options.node_folders and mad.multi_node.needs_barrier and mad.multi_node.node_rank > 0
+                and config.getoption("mad_perf_csv") == "perf.csv"):
             # A shared checkout: node 0 writes the run's perf.csv; the others keep their rows by their logs.
             self.perf_csv = mad.options.log_dir / "perf.csv"
         self.meta = report.run_meta(Path(config.invocation_params.dir), os.environ)

@@ -190,8 +190,9 @@ class MadSession:
         self.run_id = uuid.uuid4().hex[:12]
         self.context, self.context_warnings = context_mod.build(context_sources)
         self.multi_node = multinode_mod.from_context(self.context)  # multi_node_args; UsageError if unusable
-        if self.multi_node.multi_node and options.node_folders:
-            # Nodes often share one checkout (NFS): each writes its own run folders and logs.
+        if self.multi_node.needs_barrier and options.node_folders:
+            # Every node runs pytest, often in one shared checkout (NFS): each writes its own run
+            # folders and logs. (mpirun starts the other ranks from node 0: one pytest, no clash.)
             node = f"node{self.multi_node.node_rank}"
             options = dataclasses.replace(options, work_dir=options.work_dir / node, log_dir=options.log_dir / node)
             self.options = options

@@ -27,7 +27,8 @@ class LocalPlan(Plan):
         return "local"
 
     def lines(self) -> list[str]:
-        return [f"  run: {shlex.join(self.argv)}", f"  in: {self.cwd} (own process group)",
+        own = self.argv[len(self.spec.wrapper):]  # the model's command; the wrapper is "around the script"
+        return [f"  run: {shlex.join(own)}", f"  in: {self.cwd} (own process group)",
                 "  environment added:", *render_env(self.env_added, "    ")]
 
 

@@ -137,7 +137,8 @@ class DockerPlan(Plan):
             if b.base_docker:
                 out.append(f"  base image: {b.base_docker} (registry {b.base_registry})")
         out += [f"  container: {c.name} (a suffix when a live container holds the name)",
-                f"  command: {shlex.join(c.command)}", f"  working dir: {c.working_dir}",
+                f"  command: {shlex.join(self.spec.argv)}" + (" (then kept alive)" if c.keep_alive else ""),
+                f"  working dir: {c.working_dir}",
                 "  mounts: " + ", ".join(f"{h} -> {v['bind']} ({v['mode']})" for h, v in sorted(c.volumes.items())),
                 f"  devices: {', '.join(c.devices) or 'none'}"
                 + (f"; GPU request {c.gpu_request}" if c.gpu_request else "")
