@@ -113,8 +113,28 @@ def load_file(path: str | Path) -> dict[str, Any]:
             raise ContextError(f"{origin}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
         if not isinstance(value, dict):
             raise ContextError(f"{origin}: must hold a mapping, got {type(value).__name__}")
+        if _expanded_size(value, MAX_VALUES) > MAX_VALUES:
+            # YAML aliases share one object; anything that walks the context would expand them
+            raise ContextError(f"{origin}: expands to more than {MAX_VALUES:,} values through YAML aliases "
+                               "(a billion-laughs document?)")
         return value
     return parse_text(text, origin)
+
+
+MAX_VALUES = 100_000  # a context is a few dozen keys; far more is an alias bomb, not configuration
+
+
+def _expanded_size(value: Any, limit: int) -> int:
+    """How many values ``value`` holds once aliases are expanded; stops counting past ``limit``."""
+    count, stack = 0, [value]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ COMPONENTS = {
     "launchers": ("multinode",), "deployment": ("multinode",), "errorscan": ("results",), "shared_checkout": ("multinode",), "around_run": ("core",), "safety": ("core",), "layers": ("core",), "private_apis": ("core",), "dry_run": ("core",), "multinode": ("multinode",), "parallel": ("parallel",),
     "parallel_pure": ("parallel",), "slurm": ("slurm",), "slurm_args": ("slurm",), "slurm_batch": ("slurm",),
     "slurm_executor": ("slurm",), "slurm_poller": ("slurm",), "slurm_records": ("slurm",),
-    "real_checkout": ("checkout",), "checkout_paths": ("checkout",), "gitclone": ("checkout",),
+    "real_checkout": ("checkout",), "fuzz": ("reliability",), "checkout_paths": ("checkout",), "gitclone": ("checkout",),
     "metrics": ("results",), "report_columns": ("results",),
 }
 
@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "tests" not in parts:
             continue
         layer = parts[parts.index("tests") + 1] if len(parts) > parts.index("tests") + 1 else ""
-        if layer in ("unit", "e2e"):
+        if layer in ("unit", "e2e", "reliability"):
             item.add_marker(layer)
         for name in COMPONENTS.get(item.path.stem.removeprefix("test_"), ()):
             item.add_marker(name)

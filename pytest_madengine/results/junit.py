@@ -47,7 +47,18 @@ class CaseResult:
 
 def read_xml(path: Path) -> JUnitXml:
     try:
-        return JUnitXml.fromfile(str(path))
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise JUnitReadError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise JUnitReadError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
+    # JUnit files never need a DTD; refusing them closes external entities (a file of this host
+    # read into a merged report) and entity expansion bombs, whichever XML parser junitparser
+    # uses (lxml resolves local entities by default).
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise JUnitReadError(f"{path}: a DOCTYPE or entity declaration is not allowed in a JUnit file")
+    try:
+        return JUnitXml.fromstring(data.decode("utf-8", errors="replace"))
     except FileNotFoundError:
         raise JUnitReadError(f"{path}: no such file") from None
     except OSError as exc:
