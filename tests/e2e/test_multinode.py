@@ -179,6 +179,7 @@ def test_a_node_at_another_model_does_not_start_it(pytester, repo):
 
 RANKS_PY = """
 import os
+import time
 import torch
 import torch.distributed as dist
 
@@ -187,6 +188,9 @@ dist.init_process_group("gloo", init_method=f"tcp://{os.environ['MASTER_ADDR']}:
                         rank=rank, world_size=world)
 t = torch.tensor([float(rank + 1)])
 dist.all_reduce(t)
+# mpirun forwards each rank's output in chunks of its own choosing: two ranks printing at the
+# same moment can have their lines joined ("...secondrank 1 of 2"). Take turns.
+time.sleep(0.5 * rank)
 print(f"rank {rank} of {world}: all_reduce sum {t.item():g}", flush=True)
 print(f"rank {rank} performance: {100 + rank} samples_per_second", flush=True)
 dist.destroy_process_group()
