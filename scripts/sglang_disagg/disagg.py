@@ -95,6 +95,8 @@ def coordinator(server: socket.socket, result: dict) -> None:
 
 
 def decode_server(server: socket.socket, served: list[int], stop: threading.Event) -> None:
+    lock = threading.Lock()
+
     def handle(conn: socket.socket) -> None:
         with conn:
             while True:
@@ -103,9 +105,12 @@ def decode_server(server: socket.socket, served: list[int], stop: threading.Even
                 except ConnectionError:
                     return
                 digest = hashlib.sha256(kv).hexdigest()
+                # Counted before the reply: once a prefill rank has its answer, the stop that
+                # follows must find the request already counted (and threads count under a lock).
+                with lock:
+                    served[0] += 1
+                    served[1] += len(kv)
                 send(conn, {"id": req["id"], "sha256": digest, "tokens": tokens_for(digest)})
-                served[0] += 1
-                served[1] += len(kv)
 
     server.settimeout(0.5)
     while not stop.is_set():
