@@ -13,9 +13,10 @@ from pytest_madengine.gpus.scheduling import WaitNotes, gpu_demand, largest_firs
 from pytest_madengine.results import baseline as bl
 from pytest_madengine.results.baseline import Baseline, BaselineError, Entry
 from pytest_madengine.results.junit import mangle, parse_metrics_block, read_results, result_from_properties
-from pytest_madengine.results.report import junit_properties, metrics_block, perf_rows, summary_rows
+from pytest_madengine.results.report import junit_properties, perf_rows, summary_rows
 from pytest_madengine.results.result import FAILURE, SKIPPED, SUCCESS, ModelResult, Row
 from pytest_madengine.results.summary import bars, markdown, svg_chart
+from tests.junit_xml import junit_xml
 
 
 def result(name="m", value=100.0, metric="samples_per_second", rows=None, **kw) -> ModelResult:
@@ -86,27 +87,6 @@ class TestLoadBaseline:
         base = bl.load(path)
         assert base.entries == {"ok": Entry("ok", 7.0, "ms"), "mm_a": Entry("mm_a", 1.0, "x"),
                                 "mm_b": Entry("mm_b", 2.0, "x")}
-
-
-def junit_xml(results: list[ModelResult], family: str) -> str:
-    """What plugin.py writes for these results, in either form."""
-    suite = ET.Element("testsuite", name="pytest", hostname="host1")
-    suite_props = ET.SubElement(suite, "properties")
-    for r in results:
-        case = ET.SubElement(suite, "testcase", classname="models.json", name=r.model)
-        props = junit_properties(r)
-        if family == "xunit1":
-            el = ET.SubElement(case, "properties")
-            for k, v in props:
-                ET.SubElement(el, "property", name=k, value=v)
-        else:
-            for k, v in props:
-                ET.SubElement(suite_props, "property", name=f"models.json::{r.model}::{k}", value=v)
-            ET.SubElement(case, "system-out").text = metrics_block(props)
-        if r.status == FAILURE:
-            ET.SubElement(case, "failure", message=r.reason)
-    return ET.tostring(ET.Element("testsuites"), encoding="unicode").replace(
-        "<testsuites />", "<testsuites>" + ET.tostring(suite, encoding="unicode") + "</testsuites>")
 
 
 class TestCompare:

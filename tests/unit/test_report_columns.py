@@ -10,7 +10,6 @@ import os
 import stat
 import threading
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,12 +26,12 @@ from pytest_madengine.results.report import (
     PERF_COLUMNS,
     append_perf_csv,
     junit_properties,
-    metrics_block,
     perf_rows,
     spreadsheet_safe,
 )
 from pytest_madengine.results.result import FAILURE, SUCCESS, ModelResult, Row
 from pytest_madengine.verdict import evaluate
+from tests.junit_xml import junit_xml
 
 MR = "model,performance,metric,batch_size,seq_len,latency_ms\n" \
      "bs8,100.5,tok/s,8,128,12.5\nbs32,380,tok/s,32,512,-1.5\n"
@@ -95,27 +94,6 @@ class TestRow:
 # --------------------------------------------------------------------------------------
 # JUnit
 # --------------------------------------------------------------------------------------
-
-
-def junit_xml(results: list[ModelResult], family: str) -> str:
-    """What plugin.py writes for these results, in either form."""
-    root = ET.Element("testsuites")
-    suite = ET.SubElement(root, "testsuite", name="pytest", hostname="host1")
-    suite_props = ET.SubElement(suite, "properties")
-    for r in results:
-        case = ET.SubElement(suite, "testcase", classname="models.json", name=r.model)
-        props = junit_properties(r)
-        if family == "xunit1":
-            el = ET.SubElement(case, "properties")
-            for k, v in props:
-                ET.SubElement(el, "property", name=k, value=v)
-        else:
-            for k, v in props:
-                ET.SubElement(suite_props, "property", name=f"models.json::{r.model}::{k}", value=v)
-            ET.SubElement(case, "system-out").text = metrics_block(props)
-        if r.status == FAILURE:
-            ET.SubElement(case, "failure", message=r.reason)
-    return ET.tostring(root, encoding="unicode")
 
 
 class TestJUnit:
