@@ -147,6 +147,7 @@ class ItemRun:
     timeout: float | None
     n_gpus: int  # GPUs it takes from the pool
     variant: Variant | None = None
+    around: tuple[around.Step, ...] = ()  # the context's pre/post scripts, checked once
 
 
 class GpuWaitCancelled(Exception):
@@ -292,7 +293,7 @@ class MadSession:
         except UsageError as exc:
             raise NotRunnable(f"{model.name} {exc}") from None
         try:
-            around.steps(self.context, self.options.root)  # pre/post scripts checked before anything runs
+            steps = around.steps(self.context, self.options.root)  # pre/post scripts checked before anything runs
             errorscan.from_settings(model.raw, self.context)  # log_error_* checked before anything runs
             self.launch_of(model, n)  # `distributed` settings checked before anything runs
         except MadError as exc:
@@ -302,7 +303,7 @@ class MadSession:
                        source_dir=Path(os.path.normpath(model.base_dir / folder)),
                        run_dir=(self.options.work_dir / flat_name(item_name)).resolve(),
                        timeout=resolve_timeout(model.timeout, self.options.timeout, self.context),
-                       n_gpus=n, variant=variant)
+                       n_gpus=n, variant=variant, around=steps)
 
     def launch_of(self, model: Model, ngpus: int) -> Launch | None:
         """The ``distributed`` launcher's runner and environment for this node (None without
@@ -316,7 +317,7 @@ class MadSession:
         # --mad-skip-model-run: the same plan with `true` where the script would run
         argv = ("true",) if self.options.skip_model_run else run.argv
         env_csv = around.env_csv_name(model.name) if around.env_snapshot_on(model.raw, self.context) else ""
-        steps = around.steps(self.context, self.options.root)
+        steps = run.around
         wrapper = around.prefix(steps, env_csv)
         notes = [around.describe(steps, env_csv)] if wrapper else []
         if launch is not None and launch.setup:
@@ -353,7 +354,7 @@ class MadSession:
         commit = self._clone(model, run_dir, note) if model.url else ""
         copy_script_folder(run.source_dir, run_dir, bounds=path_bounds(model.source, self.options.root),
                            skip=(self.options.work_dir, self.options.log_dir), note=note, fresh=False)
-        for step in around.steps(self.context, self.options.root):  # madengine copies them in as well
+        for step in run.around:  # madengine copies them in as well
             shutil.copy2(step.source, run_dir / step.name)
         if around.env_snapshot_on(model.raw, self.context):
             (run_dir / around.ENV_SCRIPT).write_text(around.ENV_SNAPSHOT)
