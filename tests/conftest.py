@@ -12,7 +12,7 @@ COMPONENTS = {
     "core": ("core",), "core_pure": ("core",), "models": ("core",), "registry": ("docker",),
     "docker": ("docker",), "docker_multinode": ("docker", "multinode"), "dockerfiles": ("docker",),
     "docker_run_options": ("docker",), "docker_plan": ("docker",), "plans": ("core",), "run_model": ("core",),
-    "launchers": ("multinode",), "deployment": ("multinode",), "errorscan": ("results",), "shared_checkout": ("multinode",), "around_run": ("core",), "safety": ("core",), "layers": ("core",), "private_apis": ("core",), "dry_run": ("core",), "multinode": ("multinode",), "parallel": ("parallel",),
+    "launchers": ("multinode",), "serving_launchers": ("multinode",), "deployment": ("multinode",), "errorscan": ("results",), "shared_checkout": ("multinode",), "around_run": ("core",), "safety": ("core",), "layers": ("core",), "private_apis": ("core",), "dry_run": ("core",), "multinode": ("multinode",), "parallel": ("parallel",),
     "parallel_pure": ("parallel",), "slurm": ("slurm",), "slurm_args": ("slurm",), "slurm_batch": ("slurm",),
     "slurm_executor": ("slurm",), "slurm_poller": ("slurm",), "slurm_records": ("slurm",),
     "real_checkout": ("checkout",), "fuzz": ("reliability",), "checkout_paths": ("checkout",), "gitclone": ("checkout",),

@@ -7,13 +7,13 @@ import os
 import shutil
 import subprocess
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .multinode_helpers import NetnsPair, unavailable
+from .multinode_helpers import NetnsGroup, NetnsPair, unavailable
 
 DOCKER_BASE = os.environ.get("MAD_TEST_BASE_IMAGE", "mad-base:bookworm")
 
@@ -77,12 +77,38 @@ PERF_OK = """
 """
 
 
-@pytest.fixture
-def netns_pair() -> Iterator[NetnsPair]:
+def _need_netns() -> None:
     if shutil.which("ip") is None:
         unavailable("the ip command is missing (apt-get install iproute2)")
     if os.geteuid() != 0:
         unavailable("network namespaces need root")
+
+
+@pytest.fixture
+def netns_group() -> Iterator[Callable[[int], NetnsGroup]]:
+    """``netns_group(n)``: n namespaces on one bridge, removed at the end of the test."""
+    _need_netns()
+    made: list[NetnsGroup] = []
+
+    def make(n: int) -> NetnsGroup:
+        group = NetnsGroup(n)
+        made.append(group)
+        try:
+            group.create()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            unavailable(f"cannot create network namespaces: {exc}")
+        return group
+
+    try:
+        yield make
+    finally:
+        for group in made:
+            group.delete()
+
+
+@pytest.fixture
+def netns_pair() -> Iterator[NetnsPair]:
+    _need_netns()
     pair = NetnsPair()
     try:
         pair.create()

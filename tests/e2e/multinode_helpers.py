@@ -207,3 +207,36 @@ class NetnsPair:
     def delete(self) -> None:
         for ns in self.ns:  # the veth ends go with their namespaces
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)
+
+
+class NetnsGroup:
+    """``n`` network namespaces on one switch: a bridge in a hub namespace of its own (the
+    host's network is never touched), node ``i`` at 10.201.0.<i+1>/24 on interface ``eth<i>``."""
+
+    def __init__(self, n: int) -> None:
+        tok = uuid.uuid4().hex[:6]
+        self.hub = f"madhub{tok}"
+        self.ns = [f"madng{tok}{i}" for i in range(n)]
+        self.veth = [f"eth{i}" for i in range(n)]  # the node's end, inside its namespace
+        self.addr = [f"10.201.0.{i + 1}" for i in range(n)]
+        self._tok = tok
+
+    _ip = NetnsPair._ip
+
+    def create(self) -> None:
+        self._ip("netns", "add", self.hub)
+        self._ip("-n", self.hub, "link", "add", "br0", "type", "bridge")
+        self._ip("-n", self.hub, "link", "set", "br0", "up")
+        for i, (ns, veth, addr) in enumerate(zip(self.ns, self.veth, self.addr)):
+            self._ip("netns", "add", ns)
+            port = f"p{self._tok}{i}"
+            self._ip("-n", self.hub, "link", "add", port, "type", "veth", "peer", "name", veth, "netns", ns)
+            self._ip("-n", self.hub, "link", "set", port, "master", "br0")
+            self._ip("-n", self.hub, "link", "set", port, "up")
+            self._ip("-n", ns, "addr", "add", f"{addr}/24", "dev", veth)
+            self._ip("-n", ns, "link", "set", veth, "up")
+            self._ip("-n", ns, "link", "set", "lo", "up")
+
+    def delete(self) -> None:
+        for ns in [*self.ns, self.hub]:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)

@@ -148,7 +148,8 @@ class TestVllm:
         assert got.env == {**base_env("vllm", "", True), "VLLM_TENSOR_PARALLEL_SIZE": "8",
                            "VLLM_PIPELINE_PARALLEL_SIZE": "2", "VLLM_DISTRIBUTED_BACKEND": "ray",
                            "RAY_ADDRESS": "10.0.0.1:6379", "VLLM_HOST_IP": "10.0.0.2"}
-        assert got.setup == (("ray", "start", "--address=10.0.0.1:6379", "--num-gpus=8"),)
+        assert got.setup == (("ray", "start", "--address=10.0.0.1:6379", "--num-gpus=8",
+                               "--node-ip-address=10.0.0.2"),)
         assert any("PP 1" in n for n in got.notes)
 
     def test_multi_node_head(self):
@@ -159,7 +160,9 @@ class TestVllm:
 
     def test_host_names_are_not_host_ips(self):
         topo = Topology(2, 1, 1, "a", 29500, hosts=("a", "b"))
-        assert "VLLM_HOST_IP" not in run("vllm", topo).env
+        got = run("vllm", topo)
+        assert "VLLM_HOST_IP" not in got.env
+        assert not any(a.startswith("--node-ip-address") for a in got.setup[0])  # Ray resolves names itself
 
 
 class TestSglang:

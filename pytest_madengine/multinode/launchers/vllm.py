@@ -9,7 +9,8 @@ node and pipeline parallel across nodes, as madengine's docs describe:
 ``VLLM_DISTRIBUTED_BACKEND=ray``, ``RAY_ADDRESS=A:6379``, ``VLLM_HOST_IP`` (this node's
 address, when the hosts are known as IP addresses). Setup before the script: node 0
 ``ray start --head --port=6379 --num-gpus=P``, the others ``ray start --address=A:6379
---num-gpus=P`` (node 0's setup must be done first). The script serves on node 0; on the other
+--num-gpus=P`` (node 0's setup must be done first), each with ``--node-ip-address`` when its
+address is known as an IP. The script serves on node 0; on the other
 nodes it has to keep the node in the cluster until node 0 is done (``NODE_RANK`` tells which).
 
 madengine's SLURM code instead sets PP=1 and backend ``none`` on every node: N independent
@@ -45,9 +46,12 @@ def is_ip(host: str) -> bool:
 def ray_setup(topo: Topology) -> tuple[tuple[str, ...], ...]:
     """This node's Ray commands: the head on node 0, a worker joining it elsewhere."""
     gpus = f"--num-gpus={topo.nproc_per_node}"
+    # Ray guesses a node's address from the default route; on hosts with several interfaces
+    # (or none routed) that guess is wrong, so a known address is given.
+    own = (f"--node-ip-address={topo.host}",) if topo.host and is_ip(topo.host) else ()
     if topo.node_rank == 0:
-        return (("ray", "start", "--head", f"--port={RAY_PORT}", gpus),)
-    return (("ray", "start", f"--address={topo.master_addr}:{RAY_PORT}", gpus),)
+        return (("ray", "start", "--head", f"--port={RAY_PORT}", gpus, *own),)
+    return (("ray", "start", f"--address={topo.master_addr}:{RAY_PORT}", gpus, *own),)
 
 
 def launch(settings: Mapping[str, Any], topo: Topology, model_name: str) -> Launch:
