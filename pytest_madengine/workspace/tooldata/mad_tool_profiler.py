@@ -61,6 +61,8 @@ def _cpu_sample(root: int) -> tuple[float, int, int]:
         except (OSError, IndexError, ValueError):
             continue
         fields = stat[stat.rfind(")") + 2:].split()
+        if fields[0] == "Z":  # ended, not yet reaped: nothing resident, its CPU time is counted no more
+            continue
         ticks += float(fields[11]) + float(fields[12])  # utime + stime
         rss += resident * page
         n += 1
@@ -114,7 +116,7 @@ class Sampler:
         if self.mode == "cpu":
             ticks, rss, n = _cpu_sample(self.root)
             if n == 0:
-                return  # the workload has ended (a zombie has no statm)
+                return  # the workload has ended
             hz = os.sysconf("SC_CLK_TCK")
             percent = 0.0
             if self.last is not None and now > self.last[0]:
