@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import DOCKER_BASE
+from .multinode_helpers import unavailable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXECUTORS = ["local", "docker"]
@@ -143,3 +145,24 @@ def test_an_unknown_tool_fails_its_item_before_anything_runs(pytester: pytest.Py
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*context key 'tools' entry 1: unknown tool 'rocprof_v3'; did you mean rocprofv3*"])
     assert not (zoo / "mad_work/dummy_py").exists()
+
+
+@pytest.mark.slurm
+def test_tools_run_inside_a_slurm_job_and_their_outputs_come_back(pytester: pytest.Pytester, zoo: Path) -> None:
+    if shutil.which("sbatch") is None:
+        unavailable("SLURM is not installed; run .ci/setup-slurm.sh")
+    ctx = {"slurm_args": {"PARTITION": os.environ.get("MAD_TEST_SLURM_PARTITION", "debug"), "TIME": "2"},
+           "tools": [{"name": "cpu_info_profiler"}, {"name": "rocblas_trace"}]}
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--mad-tags=dummy_py", "-o", "junit_family=xunit1",
+                                        "--junitxml=junit.xml", f"--mad-context={json.dumps(ctx)}", timeout=180)
+    res.assert_outcomes(passed=1)
+    folder = zoo / "mad_logs/dummy_py_tools"
+    assert {p.name for p in folder.iterdir()} == {"cpu_info_profiler_output.csv", "library_trace.csv"}
+    (trace,) = rows(folder / "library_trace.csv")
+    assert (trace["library"], trace["calls"]) == ("rocblas", "3")
+    assert properties(zoo)["tool_output.library_trace.csv"] == str(folder / "library_trace.csv")
+    ctx["tools"] = [{"name": "rocprofv3"}]
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--mad-tags=dummy_py",
+                                        f"--mad-context={json.dumps(ctx)}", timeout=180)
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*dummy_py: tool 'rocprofv3': rocprofv3 not found on the compute node*"])
