@@ -365,6 +365,9 @@ class MadSession:
         for step in run.around:  # madengine copies them in as well
             shutil.copy2(step.source, run_dir / step.name)
         for source in run.tools.files:  # the tools' helper scripts, found in the script's working directory
+            if (run_dir / source.name).exists():
+                raise UsageError(f"{source} (context key 'tools' or 'encapsulate_script') would replace "
+                                 f"{source.name} of the run folder")
             shutil.copy2(source, run_dir / source.name)
         if around.env_snapshot_on(model.raw, self.context):
             (run_dir / around.ENV_SCRIPT).write_text(around.ENV_SNAPSHOT)

@@ -105,7 +105,9 @@ class ToolSet:
     def describe(self) -> str:
         parts = []
         if self.tools:
-            parts.append("tools " + ", ".join(t.name for t in self.tools))
+            needs = list(dict.fromkeys(n.replace("|", " or ") for t in self.tools for n in t.requires))
+            parts.append("tools " + ", ".join(t.name for t in self.tools)
+                         + (f" (checked first: {', '.join(needs)})" if needs else ""))
         chain = self.chain()
         if chain:
             parts.append(f"script run by {shlex.join(chain)}")

@@ -166,3 +166,11 @@ def test_tools_run_inside_a_slurm_job_and_their_outputs_come_back(pytester: pyte
                                         f"--mad-context={json.dumps(ctx)}", timeout=180)
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*dummy_py: tool 'rocprofv3': rocprofv3 not found on the compute node*"])
+
+
+def test_a_context_file_never_replaces_a_file_of_the_run_folder(pytester: pytest.Pytester, zoo: Path,
+                                                                request: pytest.FixtureRequest) -> None:
+    res = run(pytester, "local", request, {"encapsulate_script": "python3 scripts/dummy_py/bench.py --iters 1"})
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*cannot prepare the run folder*(context key 'tools' or 'encapsulate_script') "
+                              "would replace bench.py of the run folder*"])

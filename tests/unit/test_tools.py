@@ -189,5 +189,8 @@ def test_outputs_are_collected_into_the_tools_folder(tmp_path: Path) -> None:
 
 def test_the_plan_line_names_tools_and_the_chain() -> None:
     ts = toolset({"tools": [{"name": "cpu_info_profiler"}], "encapsulate_script": "env A='x y'"})
-    assert ts.describe() == ("tools cpu_info_profiler, script run by "
+    assert ts.describe() == ("tools cpu_info_profiler (checked first: python3), script run by "
                              "python3 mad_tool_profiler.py --mode cpu env 'A=x y'")
+    ts = toolset({"tools": ["rocprof", "gpu_info_vram_profiler", "therock_check"]})
+    assert ts.describe().startswith("tools rocprof, gpu_info_vram_profiler, therock_check "
+                                    "(checked first: rocprofv3 or rocprof, python3, rocm-smi or nvidia-smi), ")
