@@ -194,3 +194,79 @@ def test_the_plan_line_names_tools_and_the_chain() -> None:
     ts = toolset({"tools": ["rocprof", "gpu_info_vram_profiler", "therock_check"]})
     assert ts.describe().startswith("tools rocprof, gpu_info_vram_profiler, therock_check "
                                     "(checked first: rocprofv3 or rocprof, python3, rocm-smi or nvidia-smi), ")
+
+
+def stub(bin_dir: Path, name: str, body: str) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text("#!/bin/bash\n" + body)
+    (bin_dir / name).chmod(0o755)
+
+
+def with_path(bin_dir: Path) -> str:
+    import os
+
+    # only the stubs and what bash, python and coreutils need: no real profiler leaks in
+    return os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), "/usr/bin", "/bin"])
+
+
+# Stand-ins printing what the real tools print (nvidia-smi --format=csv,noheader,nounits;
+# rocm-smi --json), then, for profilers, running the workload after `--` as they do.
+NVIDIA_SMI = 'case "$*" in *power.draw*) printf "0, 71.25\\n1, 80.50\\n" ;; *) printf "0, 1024\\n1, 2048\\n" ;; esac\n'
+ROCM_SMI = ('case "$*" in *showpower*) echo \'{"card0": {"Current Socket Graphics Package Power (W)": "150.0"}}\' ;;\n'
+            '*) echo \'{"card0": {"VRAM Total Memory (B)": "68702699520", "VRAM Total Used Memory (B)": "1073741824"}}\' ;; esac\n')
+PROFILER = 'echo "$(basename "$0") $*" >> profiler_args\nwhile [ "$1" != "--" ]; do shift; done; shift\nexec "$@"\n'
+
+
+@pytest.mark.parametrize(("smi", "body", "mode", "device", "value"), [
+    ("nvidia-smi", NVIDIA_SMI, "power", "1", "80.50"),
+    ("nvidia-smi", NVIDIA_SMI, "vram", "0", "1024"),
+    ("rocm-smi", ROCM_SMI, "power", "0", "150.0"),
+    ("rocm-smi", ROCM_SMI, "vram", "0", "1024.0"),
+])
+def test_the_gpu_profilers_sample_with_the_smi_the_environment_has(tmp_path: Path, smi: str, body: str, mode: str,
+                                                                   device: str, value: str) -> None:
+    if smi == "rocm-smi" and any(Path(d, "nvidia-smi").exists() for d in ("/usr/bin", "/bin")):
+        pytest.skip("a real nvidia-smi would be preferred")
+    stub(tmp_path / "bin", smi, body)
+    ts = toolset({"tools": [{"name": f"gpu_info_{mode}_profiler", "env_vars": {f"{mode.upper()}_DEVICE": device}}]})
+    work = workdir(tmp_path, ts)
+    path = with_path(tmp_path / "bin")
+    res = run([*ts.check_prefix(), *ts.chain(), "bash", "-c", "sleep 0.3; exit 4"], work, **ts.env, PATH=path)
+    assert res.returncode == 4, res.stderr
+    (out,) = tools.outputs(work)
+    assert out.name == f"gpu_info_{mode}_profiler_output.csv"
+    samples = rows_of(out)
+    assert samples and {r["device"] for r in samples} == {device}
+    assert samples[0]["power_w" if mode == "power" else "vram_used_mb"] == value
+
+
+def rows_of(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize(("have", "expected"), [
+    ("rocprofv3", "rocprofv3 --hip-trace -d ./rocprof_output -- bash -c"),
+    ("rocprof", "rocprof --hip-trace -d ./rocprof_output bash -c"),  # legacy: no `--`
+])
+def test_the_rocprof_wrapper_prefers_rocprofv3_and_keeps_the_exit_code(tmp_path: Path, have: str,
+                                                                       expected: str) -> None:
+    body = PROFILER if have == "rocprofv3" else 'echo "$(basename "$0") $*" >> profiler_args\nshift 3\nexec "$@"\n'
+    stub(tmp_path / "bin", have, body)
+    ts = toolset({"tools": ["rocprof"]})  # --runtime-trace: v3's, --hip-trace for the legacy one
+    work = workdir(tmp_path, ts)
+    res = run([*ts.check_prefix(), *ts.chain(), "bash", "-c", "echo profiled; exit 9"], work,
+              PATH=with_path(tmp_path / "bin"))
+    assert (res.returncode, res.stdout) == (9, "profiled\n"), res.stderr
+    args = (work / "profiler_args").read_text()
+    assert args.startswith(expected.replace("--hip-trace", "--runtime-trace") if have == "rocprofv3" else expected)
+    assert (work / "rocprof_output").is_dir()
+
+
+def test_rocm_trace_lite_runs_rtl_in_its_mode(tmp_path: Path) -> None:
+    stub(tmp_path / "bin", "rtl", PROFILER)
+    ts = toolset({"tools": ["rocm_trace_lite_default"]})
+    work = workdir(tmp_path, ts)
+    res = run([*ts.check_prefix(), *ts.chain(), "bash", "-c", "exit 6"], work, **ts.env, PATH=with_path(tmp_path / "bin"))
+    assert res.returncode == 6, res.stderr
+    assert (work / "profiler_args").read_text() == "rtl trace --mode default -o rocm_trace_lite_output/trace.db -- bash -c exit 6\n"
