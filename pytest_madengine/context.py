@@ -37,8 +37,7 @@ KNOWN_KEYS = frozenset(
 # Keys madengine reads that we accept but do not act on: warn, so nobody believes they took effect.
 IGNORED_KEYS = frozenset(
     {
-        "tools", "encapsulate_script", "slurm", "k8s",
-        "kubernetes", "env_vars", "gpus_per_node", "gpu_count", "n_gpus", "launcher", "vllm", "debug",
+        "slurm", "k8s", "kubernetes", "env_vars", "gpus_per_node", "gpu_count", "n_gpus", "launcher", "vllm", "debug",
         "deploy", "docker_shm_size", "docker_run_options",
     }
 )

@@ -40,6 +40,7 @@ from pytest_madengine.results import errorscan
 from pytest_madengine.results.result import FAILURE, SKIPPED, ModelResult, Row
 from pytest_madengine.verdict import evaluate
 from pytest_madengine.workspace import around, gitclone
+from pytest_madengine.workspace import tools as tools_mod
 from pytest_madengine.workspace.paths import flat_name, safe_relpath
 from pytest_madengine.workspace.runfolder import copy_script_folder
 
@@ -147,7 +148,8 @@ class ItemRun:
     timeout: float | None
     n_gpus: int  # GPUs it takes from the pool
     variant: Variant | None = None
-    around: tuple[around.Step, ...] = ()  # the context's pre/post scripts, checked once
+    around: tuple[around.Step, ...] = ()  # the context's pre/post scripts (and the tools'), checked once
+    tools: tools_mod.ToolSet = tools_mod.ToolSet()  # the context's tools and encapsulate_script
 
 
 class GpuWaitCancelled(Exception):
@@ -294,6 +296,8 @@ class MadSession:
             raise NotRunnable(f"{model.name} {exc}") from None
         try:
             steps = around.steps(self.context, self.options.root)  # pre/post scripts checked before anything runs
+            toolset = tools_mod.from_context(self.context, self.options.root.resolve())
+            steps = toolset.stack(steps)
             errorscan.from_settings(model.raw, self.context)  # log_error_* checked before anything runs
             self.launch_of(model, n)  # `distributed` settings checked before anything runs
         except MadError as exc:
@@ -303,7 +307,7 @@ class MadSession:
                        source_dir=Path(os.path.normpath(model.base_dir / folder)),
                        run_dir=(self.options.work_dir / flat_name(item_name)).resolve(),
                        timeout=resolve_timeout(model.timeout, self.options.timeout, self.context),
-                       n_gpus=n, variant=variant, around=steps)
+                       n_gpus=n, variant=variant, around=steps, tools=toolset)
 
     def launch_of(self, model: Model, ngpus: int) -> Launch | None:
         """The ``distributed`` launcher's runner and environment for this node (None without
@@ -320,6 +324,9 @@ class MadSession:
         steps = run.around
         wrapper = around.prefix(steps, env_csv)
         notes = [around.describe(steps, env_csv)] if wrapper else []
+        if run.tools:  # binaries checked first, then pre-scripts, then the tools' chain around the script
+            wrapper = (*run.tools.check_prefix(), *wrapper, *run.tools.chain())
+            notes.append(run.tools.describe())
         if launch is not None and launch.setup:
             # The launcher's per-node setup (a Ray head or worker) runs first, in the same
             # process group or container; its argv are constants and quoted, never user text.
@@ -328,11 +335,12 @@ class MadSession:
             notes.insert(0, f"launcher setup: {setup}")
         return RunSpec(
             model=model, argv=argv, wrapper=wrapper, around=", ".join(n for n in notes if n),
-            env=script_env(model, self.context, vendor=self.pool.vendor, arch=self.arch,
-                           system_ngpus=len(self.gpu_info.ids), gpus=gpus, runtime_ngpus=len(gpus),
-                           use_devices=self.pool.uses_devices, deployment=self.executor.name,
-                           multi_node=self.multi_node if self.multi_node.configured else None,
-                           mirror=self.mirror, launch=launch),
+            env={**script_env(model, self.context, vendor=self.pool.vendor, arch=self.arch,
+                              system_ngpus=len(self.gpu_info.ids), gpus=gpus, runtime_ngpus=len(gpus),
+                              use_devices=self.pool.uses_devices, deployment=self.executor.name,
+                              multi_node=self.multi_node if self.multi_node.configured else None,
+                              mirror=self.mirror, launch=launch),
+                 **run.tools.env},
             files=dict(launch.files) if launch is not None else {},
             run_dir=run.run_dir, workspace=self.options.root.resolve(), timeout=run.timeout, gpus=gpus,
             gpu_vendor=self.pool.vendor, use_gpu_devices=self.pool.uses_devices,
@@ -356,6 +364,11 @@ class MadSession:
                            skip=(self.options.work_dir, self.options.log_dir), note=note, fresh=False)
         for step in run.around:  # madengine copies them in as well
             shutil.copy2(step.source, run_dir / step.name)
+        for source in run.tools.files:  # the tools' helper scripts, found in the script's working directory
+            if (run_dir / source.name).exists():
+                raise UsageError(f"{source} (context key 'tools' or 'encapsulate_script') would replace "
+                                 f"{source.name} of the run folder")
+            shutil.copy2(source, run_dir / source.name)
         if around.env_snapshot_on(model.raw, self.context):
             (run_dir / around.ENV_SCRIPT).write_text(around.ENV_SNAPSHOT)
         stale = run_dir / model.multiple_results if model.multiple_results else None
@@ -427,6 +440,8 @@ class MadSession:
         env_csv = run.run_dir / around.env_csv_name(model.name)
         if env_csv.is_file():
             result.properties["env_csv"] = str(env_csv)
+        if run.tools.tools:
+            self.read_back_tools(run, result, item_name)
         failed = around.failed_step(run.run_dir)
         if failed is not None:
             kind, name, code = failed
@@ -442,6 +457,26 @@ class MadSession:
                         cancel=self.interrupts.cancel)
         result.tail = sink.tail()
         return result
+
+    def read_back_tools(self, run: ItemRun, result: ModelResult, item_name: str) -> None:
+        """The tools' outputs copied next to the log and listed; a missing binary fails the item."""
+        try:
+            result.properties.update(tools_mod.collect(run.run_dir, self.tools_dir(item_name)))
+        except OSError as exc:
+            result.warnings.append(f"cannot copy the tools' outputs: {exc}")
+        gone = tools_mod.missing(run.run_dir)
+        if gone is not None:
+            tool, binary = gone
+            where = {"docker": "in the image", "slurm": "on the compute node"}.get(self.executor.name,
+                                                                                 "on this host (PATH)")
+            why = f"tool '{tool}': {binary.replace('|', ' or ')} not found {where}"
+            result.properties["tool_missing"] = why
+            result.fail(why, rows="drop")
+
+    def tools_dir(self, item_name: str) -> Path:
+        """``mad_logs/<model>_tools/``: the tools' outputs of one item."""
+        log = self.log_path(item_name)
+        return log.with_name(f"{log.name.removesuffix('.log')}_tools")
 
     def _allocate_and_run(self, run: ItemRun, waits: WaitNotes, sink: OutputSink, result: ModelResult,
                           node: NodeRun | None, cancel: Cancel) -> RunOutcome:

@@ -438,7 +438,7 @@ def test_ctrl_c_while_waiting_for_gpus(pytester, repo):
 
 def test_context_keys_without_effect_warn_and_bad_timeout_is_refused(pytester, repo):
     repo.model("ok", PERF_OK)
-    res = run(pytester, "--mad-tags=ok", "--mad-context", "{'tools': [{'name': 'rocprof'}]}")
-    res.stdout.fnmatch_lines(["*'tools' is accepted for madengine compatibility but has no effect*"])
+    res = run(pytester, "--mad-tags=ok", "--mad-context", "{'debug': True}")
+    res.stdout.fnmatch_lines(["*'debug' is accepted for madengine compatibility but has no effect*"])
     res = run(pytester, "--mad-tags=ok", "--mad-timeout=-5")
     assert res.ret == pytest.ExitCode.USAGE_ERROR

@@ -40,6 +40,7 @@ from pytest_madengine.executors.slurm import batch as batch_mod
 from pytest_madengine.executors.slurm import poller as poller_mod
 from pytest_madengine.executors.slurm.records import describe_final, expand_hostlist, job_ids_from_output
 from pytest_madengine.output import MAX_LINE, OutputSink
+from pytest_madengine.workspace import tools as tools_mod
 from pytest_madengine.workspace.paths import safe_relpath
 
 SUBMIT_TIMEOUT_S = 600.0  # a framework's run.sh must have submitted by then
@@ -477,7 +478,15 @@ class SlurmExecutor(Executor):
         return props, run_s, nnodes
 
     def _copy_back(self, spec: RunSpec, sub: Submission) -> None:
-        """The multiple_results CSV that rank 0 wrote, where the session reads it."""
+        """The multiple_results CSV that rank 0 wrote, and its profiling tools' outputs and
+        missing-binary note, where the session reads them."""
+        if sub.plan is not None and spec.run_dir.is_dir():
+            node0 = sub.plan.node_dir / "node0"
+            for src in [*tools_mod.outputs(node0), node0 / tools_mod.MISSING_FILE]:
+                if src.is_dir():
+                    shutil.copytree(src, spec.run_dir / src.name, symlinks=True, dirs_exist_ok=True)
+                elif src.is_file():
+                    shutil.copyfile(src, spec.run_dir / src.name)
         csv = spec.model.multiple_results
         if not csv or sub.plan is None:
             return

@@ -1,0 +1,2 @@
+# pytest-madengine tool pre-script: the output folder a profiler writes into.
+mkdir -p -- "$@"
