@@ -36,6 +36,10 @@ class RunSpec:
     # snapshot; the plan shows ``around`` for it, argv stays the model's own command.
     wrapper: tuple[str, ...] = ()
     around: str = ""
+    # Data providers: (host folder, container path, read-only) mounted by container backends,
+    # and the plan's lines about the data step (what was served, or what a run would try).
+    data_mounts: tuple[tuple[str, str, bool], ...] = ()
+    data: tuple[str, ...] = ()
 
     def command(self, argv: Sequence[str] | None = None) -> tuple[str, ...]:
         """The full command: the wrapper, then ``argv`` (default: the model's)."""
@@ -81,6 +85,7 @@ class Plan:
                         f"runner {runner}")
         if s.around:
             head.append(f"  around the script: {s.around}")
+        head += [f"  {line}" for line in s.data]
         if s.files:
             head.append(f"  files written into the run folder: {', '.join(sorted(s.files))}")
         return "\n".join([*head, *self.lines()])
