@@ -247,7 +247,7 @@ class MadSession:
 
     def in_container(self) -> bool:
         """Whether the script runs in a container with the data mounted (else host paths)."""
-        return self.executor.uses_dockerfiles(self.context)
+        return self.executor.mounts_data
 
     def variants(self, model: Model) -> tuple[list[Variant], list[str]]:
         """The Dockerfiles ``model`` runs with (one item each), when the executor builds images."""

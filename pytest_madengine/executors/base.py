@@ -148,6 +148,7 @@ class Executor(ABC):
     name: str = "base"
     remote_gpus: bool = False
     submits_ahead: bool = False
+    mounts_data: bool = False  # runs scripts in a container with RunSpec.data_mounts mounted
     progress: Callable[[str], None] | None = None
 
     def describe(self) -> str:
