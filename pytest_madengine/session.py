@@ -501,8 +501,13 @@ class MadSession:
         """Fetch or mount the model's datanames before it runs (DataError when one cannot be)."""
         root = self.options.root.resolve()
         return data_resolve.serve(run.data_names, self.data_config(), data_credentials.load(root),
-                                  root=root, scratch=run.run_dir / ".mad_data",
+                                  root=root, scratch=self.data_scratch(run),
                                   known_hosts=self.options.work_dir.resolve() / ".mad_known_hosts", note=note)
+
+    def data_scratch(self, run: ItemRun) -> Path:
+        """Where data without a mirror lands for this item: beside the run folders, not in one
+        (SLURM copies the run folder to each node; the data is read where it is)."""
+        return self.options.work_dir.resolve() / ".mad_data" / flat_name(run.item_name)
 
     def _allocate_and_run(self, run: ItemRun, waits: WaitNotes, sink: OutputSink, result: ModelResult,
                           node: NodeRun | None, cancel: Cancel,

@@ -45,7 +45,7 @@ class Fetch:
     def render(self) -> str:
         head = (f"data '{self.source.dataname}' from {self.source.provider}"
                 + (f" ({self.via})" if self.via else "")
-                + f": {self.host_dir} -> {self.home} ({'ro' if self.readonly else 'rw'})")
+                + f": {self.host_dir} (in a container at {self.home}, {'read-only' if self.readonly else 'read-write'})")
         names = [f"{k}={v}" for k, v in sorted(self.env.items())] + [f"{k}=***" for k in sorted(self.secret_env)]
         lines = [head] + [f"    $ {s.render()}" for s in self.steps]
         if names and self.steps:
@@ -59,7 +59,7 @@ def default_home(source: Source, index: int) -> str:
 
 def data_folder(source: Source, scratch: Path) -> tuple[Path, bool]:
     """(folder the data lands in, whether it is transient): ``<mirrorlocal>/<dataname>`` (kept),
-    else this run's ``<run folder>/.mad_data/<dataname>`` (removed after the run)."""
+    else this run's ``<work dir>/.mad_data/<item>/<dataname>`` (removed after the run)."""
     if source.mirrorlocal:
         mirror = Path(source.mirrorlocal)
         if not mirror.is_dir():

@@ -130,6 +130,8 @@ def execute(fetch: Fetch, note: Note, secrets: tuple[str, ...]) -> Served:
     """Run the plan's commands; Unusable with the reason (output scrubbed of secrets)."""
     if not fetch.steps:
         return Served(fetch)
+    if fetch.transient and not fetch.mounted:  # a copy left by a killed run is never read as this run's
+        shutil.rmtree(fetch.host_dir, ignore_errors=True)
     fetch.host_dir.mkdir(parents=True, exist_ok=True)
     secrets = (*secrets, *(v for v in fetch.secret_env.values() if v))
     env = {**os.environ, **fetch.env, **fetch.secret_env}

@@ -71,7 +71,7 @@ def test_local_read_only_and_custom_script_in_docker(pytester: pytest.Pytester, 
         "demo_local", "local")
     custom = rows["dummy_data_custom"]
     assert custom["data_provider_type"] == "custom" and custom["data_size"] and custom["data_download_duration"]
-    assert not (zoo / "mad_work/dummy_data_custom/.mad_data").exists()  # this run's copy is removed after it
+    assert not (zoo / "mad_work/.mad_data/dummy_data_custom/demo_custom").exists()  # this run's copy is removed after it
 
 
 def test_nas_rsync_into_the_mirror_and_sshfs_without(pytester: pytest.Pytester, zoo: Path, nas: Nas,
@@ -94,7 +94,7 @@ def test_nas_rsync_into_the_mirror_and_sshfs_without(pytester: pytest.Pytester, 
     res.assert_outcomes(passed=1)
     log = (zoo / "mad_logs/dummy_data_nas.log").read_text()
     assert "sshfs " in log and "data " in log and ": 2 words" in log, log
-    mount = zoo / "mad_work/dummy_data_nas/.mad_data/demo_nas"
+    mount = zoo / "mad_work/.mad_data/dummy_data_nas/demo_nas"
     assert not mounted(mount) and not mount.exists()
     for text in (log, res.stdout.str(), (zoo / "perf.csv").read_text(), (zoo / "junit.xml").read_text()):
         assert nas.password not in text
