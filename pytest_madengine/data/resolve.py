@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -140,16 +141,20 @@ def execute(fetch: Fetch, note: Note, secrets: tuple[str, ...]) -> Served:
         if step.only_if_empty and not _is_empty(fetch.host_dir):
             continue
         note(f"data: $ {step.render()}")
-        try:
-            done = subprocess.run(list(step.argv), cwd=step.cwd or None, env=env, capture_output=True, text=True,
-                                  input=fetch.stdin if i == 0 and fetch.stdin else None,
-                                  stdin=None if i == 0 and fetch.stdin else subprocess.DEVNULL,
-                                  timeout=step.timeout, check=False)
-        except subprocess.TimeoutExpired:
-            raise Unusable(f"{step.argv[0]} did not finish in {step.timeout:g} s") from None
-        except OSError as exc:
-            raise Unusable(f"cannot start {step.argv[0]}: {exc.strerror or exc}") from None
-        output = scrub((done.stdout or "") + (done.stderr or ""), secrets)
+        # Output to a file, not a pipe: sshfs leaves its ssh child running (holding a pipe open).
+        with tempfile.TemporaryFile() as out:
+            try:
+                done = subprocess.run(list(step.argv), cwd=step.cwd or None, env=env, stdout=out,
+                                      stderr=subprocess.STDOUT,
+                                      input=fetch.stdin.encode() if i == 0 and fetch.stdin else None,
+                                      stdin=None if i == 0 and fetch.stdin else subprocess.DEVNULL,
+                                      timeout=step.timeout, check=False)
+            except subprocess.TimeoutExpired:
+                raise Unusable(f"{step.argv[0]} did not finish in {step.timeout:g} s") from None
+            except OSError as exc:
+                raise Unusable(f"cannot start {step.argv[0]}: {exc.strerror or exc}") from None
+            out.seek(0)
+            output = scrub(out.read().decode(errors="replace"), secrets)
         for line in output.splitlines()[-200:]:
             note(f"data: {line}")
         if done.returncode != 0:
