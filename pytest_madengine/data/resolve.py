@@ -158,7 +158,10 @@ def execute(fetch: Fetch, note: Note, secrets: tuple[str, ...]) -> Served:
         for line in output.splitlines()[-200:]:
             note(f"data: {line}")
         if done.returncode != 0:
-            last = next((ln.strip() for ln in reversed(output.splitlines()) if ln.strip()), "")
+            lines = [ln.strip() for ln in output.splitlines() if ln.strip() and not ln.startswith("Warning:")]
+            # the first line saying what went wrong (rsync ends with a less telling "broken pipe")
+            last = next((ln for ln in lines if any(w in ln.lower() for w in ("denied", "failed", "no such",
+                                                                              "error"))), lines[-1] if lines else "")
             raise Unusable(f"{step.argv[0]} exited {done.returncode}" + (f": {last[:300]}" if last else ""))
     duration = time.monotonic() - start
     if fetch.source.provider in ("minio", "aws", "nas") and not fetch.mounted and _is_empty(fetch.host_dir):

@@ -62,6 +62,7 @@ class Nas:
 
 
 def nas_server(tmp: Path) -> Iterator[Nas]:
+    """``tmp`` must be reachable by the NAS user (pytest's own temp folders are private)."""
     for tool in ("/usr/sbin/sshd", "sshpass", "rsync", "sshfs", "fusermount"):
         if shutil.which(tool) is None:
             unavailable(f"{tool} is missing; run .ci/setup-data.sh")

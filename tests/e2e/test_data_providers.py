@@ -9,6 +9,7 @@ import csv
 import json
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,12 @@ DOCKER_CTX = {"docker_build_arg": {"BASE_DOCKER": DOCKER_BASE}}
 
 
 @pytest.fixture(scope="module")
-def nas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nas]:
-    yield from nas_server(tmp_path_factory.mktemp("nas"))
+def nas() -> Iterator[Nas]:
+    folder = Path(tempfile.mkdtemp(prefix="mad-data-nas-"))  # not under pytest's private temp folder
+    try:
+        yield from nas_server(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
