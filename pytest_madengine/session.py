@@ -442,7 +442,8 @@ class MadSession:
         data = None
         if run.data_names:
             try:
-                data = self.serve_data(run, sink.note)
+                with self.interrupts.guard() as cancel:  # Ctrl-C stops a download, the row stays
+                    data = self.serve_data(run, sink.note, cancel)
             except MadError as exc:  # no provider serves a name: the model does not run without it
                 result.reason = f"not run: {exc}"
                 if node is not None:
@@ -497,12 +498,13 @@ class MadSession:
         result.tail = sink.tail()
         return result
 
-    def serve_data(self, run: ItemRun, note: Callable[[str], None]) -> data_resolve.DataResult:
+    def serve_data(self, run: ItemRun, note: Callable[[str], None], cancel: Cancel) -> data_resolve.DataResult:
         """Fetch or mount the model's datanames before it runs (DataError when one cannot be)."""
         root = self.options.root.resolve()
         return data_resolve.serve(run.data_names, self.data_config(), data_credentials.load(root),
                                   root=root, scratch=self.data_scratch(run),
-                                  known_hosts=self.options.work_dir.resolve() / ".mad_known_hosts", note=note)
+                                  known_hosts=self.options.work_dir.resolve() / ".mad_known_hosts", note=note,
+                                  cancel=lambda: bool(cancel))
 
     def data_scratch(self, run: ItemRun) -> Path:
         """Where data without a mirror lands for this item: beside the run folders, not in one

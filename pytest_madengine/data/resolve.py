@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pytest_madengine import process
 from pytest_madengine.data import custom, local, nas, s3
 from pytest_madengine.data.config import DataConfig, DataError, Source
 from pytest_madengine.data.credentials import Credentials, scrub
@@ -127,7 +128,11 @@ def _is_empty(folder: Path) -> bool:
         return True
 
 
-def execute(fetch: Fetch, note: Note, secrets: tuple[str, ...]) -> Served:
+class Interrupted(DataError):
+    """Ctrl-C or SIGTERM while data was being served."""
+
+
+def execute(fetch: Fetch, note: Note, secrets: tuple[str, ...], cancel: Callable[[], bool] = lambda: False) -> Served:
     """Run the plan's commands; Unusable with the reason (output scrubbed of secrets)."""
     if not fetch.steps:
         return Served(fetch)
@@ -143,18 +148,29 @@ def execute(fetch: Fetch, note: Note, secrets: tuple[str, ...]) -> Served:
         note(f"data: $ {step.render()}")
         # Output to a file, not a pipe: sshfs leaves its ssh child running (holding a pipe open).
         with tempfile.TemporaryFile() as out:
-            try:
-                done = subprocess.run(list(step.argv), cwd=step.cwd or None, env=env, stdout=out,
-                                      stderr=subprocess.STDOUT,
-                                      input=fetch.stdin.encode() if i == 0 and fetch.stdin else None,
-                                      stdin=None if i == 0 and fetch.stdin else subprocess.DEVNULL,
-                                      timeout=step.timeout, check=False)
-            except subprocess.TimeoutExpired:
-                raise Unusable(f"{step.argv[0]} did not finish in {step.timeout:g} s") from None
+            feed = i == 0 and bool(fetch.stdin)
+            try:  # its own process group: a timeout or Ctrl-C stops its children too
+                proc = subprocess.Popen(list(step.argv), cwd=step.cwd or None, env=env, stdout=out,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
+                                        start_new_session=True)
             except OSError as exc:
                 raise Unusable(f"cannot start {step.argv[0]}: {exc.strerror or exc}") from None
+            if feed and proc.stdin is not None:
+                try:
+                    proc.stdin.write(fetch.stdin.encode())
+                    proc.stdin.close()
+                except OSError:
+                    pass
+            why = process.wait(proc, cancel, process.Deadline(step.timeout))
+            if why is not None:  # a finished sshfs leaves its daemon in the group: only killed here
+                process.kill_group(proc.pid, leader=proc)
+                proc.wait()
+                if why == process.CANCELLED:
+                    raise Interrupted(f"interrupted while {step.argv[0]} ran")
+                raise Unusable(f"{step.argv[0]} did not finish in {step.timeout:g} s")
             out.seek(0)
             output = scrub(out.read().decode(errors="replace"), secrets)
+            done = proc
         for line in output.splitlines()[-200:]:
             note(f"data: {line}")
         if done.returncode != 0:
@@ -182,7 +198,8 @@ def release(fetch: Fetch, note: Note) -> None:
 
 
 def serve(names: Sequence[str], config: DataConfig, creds: Credentials, *, root: Path, scratch: Path,
-          known_hosts: Path, note: Note, probes: Probes | None = None) -> DataResult:
+          known_hosts: Path, note: Note, probes: Probes | None = None,
+          cancel: Callable[[], bool] = lambda: False) -> DataResult:
     """Serve every name (in order) or raise DataError; on failure what was served is released."""
     probes = probes or Probes()
     served: list[Served] = []
@@ -192,14 +209,20 @@ def serve(names: Sequence[str], config: DataConfig, creds: Credentials, *, root:
             sources = config.sources(name)
             tried: list[str] = []
             for source in sources:
+                if cancel():
+                    raise Interrupted(f"dataname '{name}': interrupted (Ctrl-C or SIGTERM) before it was served")
                 note(f"data '{name}': trying {source.provider}")
                 fetch = None
                 try:
                     fetch = plan_source(source, index, creds, root, scratch, probes, known_hosts)
                     note(fetch.render())
-                    served.append(execute(fetch, note, creds.secrets()))
+                    served.append(execute(fetch, note, creds.secrets(), cancel))
                     note(f"data '{name}': served by {source.provider}")
                     break
+                except Interrupted:
+                    if fetch is not None:
+                        release(fetch, note)
+                    raise
                 except Unusable as exc:
                     why = scrub(str(exc), creds.secrets())
                     tried.append(f"{source.provider}: {why}")

@@ -194,3 +194,15 @@ def test_dry_run_lines_name_the_providers_without_probing(tmp_path: Path) -> Non
     c = cfg(tmp_path, {"d": {"aws": {"path": "s3://b/x"}, "local": {"path": "/l"}}})
     assert resolve.describe(["d"], c) == [
         "data 'd': the first of local (/l), aws (s3://b/x) that serves it (not fetched in a dry run)"]
+
+
+def test_ctrl_c_stops_a_download_and_no_other_provider_is_tried(tmp_path: Path) -> None:
+    import time
+    (tmp_path / "data").mkdir()
+    (tmp_path / "slow.sh").write_text("sleep 30\n")
+    c = cfg(tmp_path, {"d": {"custom": {"path": "slow.sh"}, "local": {"path": "data"}}})
+    start = time.monotonic()
+    with pytest.raises(resolve.Interrupted, match="interrupted while bash ran"):
+        resolve.serve(["d"], c, creds(), root=tmp_path, scratch=tmp_path / "s", known_hosts=tmp_path / "kh",
+                      note=lambda _: None, probes=probes(set()), cancel=lambda: time.monotonic() - start > 0.5)
+    assert time.monotonic() - start < 10 and not (tmp_path / "s/d").exists()
