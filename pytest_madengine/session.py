@@ -371,7 +371,7 @@ class MadSession:
                            multi_node=self.multi_node if self.multi_node.configured else None,
                            mirror=self.mirror, launch=launch,
                            data_env=data.env(self.in_container()) if data is not None else None),
-            data_mounts=data.mounts() if data is not None and self.in_container() else (), data=data_lines,
+            data_mounts=data.mounts() if data is not None else (), data=data_lines,
             files=dict(launch.files) if launch is not None else {},
             run_dir=run.run_dir, workspace=self.options.root.resolve(), timeout=run.timeout, gpus=gpus,
             gpu_vendor=self.pool.vendor, use_gpu_devices=self.pool.uses_devices,

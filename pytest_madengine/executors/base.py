@@ -36,7 +36,9 @@ class RunSpec:
     # snapshot; the plan shows ``around`` for it, argv stays the model's own command.
     wrapper: tuple[str, ...] = ()
     around: str = ""
-    # Data providers: (host folder, container path, read-only) mounted by container backends,
+    # Data providers: (host folder, container path, read-only); a container backend mounts it at
+    # the container path when it ``mounts_data`` (MAD_DATAHOME names that path), else the script
+    # reads the host folder (MAD_DATAHOME), which a backend's own containers mount as it is,
     # and the plan's lines about the data step (what was served, or what a run would try).
     data_mounts: tuple[tuple[str, str, bool], ...] = ()
     data: tuple[str, ...] = ()

@@ -206,3 +206,12 @@ def test_ctrl_c_stops_a_download_and_no_other_provider_is_tried(tmp_path: Path) 
         resolve.serve(["d"], c, creds(), root=tmp_path, scratch=tmp_path / "s", known_hosts=tmp_path / "kh",
                       note=lambda _: None, probes=probes(set()), cancel=lambda: time.monotonic() - start > 0.5)
     assert time.monotonic() - start < 10 and not (tmp_path / "s/d").exists()
+
+
+def test_slurm_container_runs_mount_the_served_data_at_its_host_path() -> None:
+    from pytest_madengine.executors.slurm.batch import BatchPlan, task_script
+    text = task_script(BatchPlan(job_name="mad-x-m", job_dir=Path("/s/logs"), node_dir=Path("/s/work"),
+                                 argv=("bash", "run.sh"), env={"MAD_DATAHOME": "/nfs/mirror/d,/data/l"},
+                                 docker_image="img", workspace=Path("/s"),
+                                 data_mounts=(("/nfs/mirror/d", False), ("/data/l", True))))
+    assert "-v /nfs/mirror/d:/nfs/mirror/d -v /data/l:/data/l:ro" in text
