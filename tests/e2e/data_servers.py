@@ -85,8 +85,8 @@ def nas_server(tmp: Path) -> Iterator[Nas]:
     export = tmp / "export"
     export.mkdir()
     export.chmod(0o755)
-    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)], stdout=subprocess.DEVNULL,
-                            stderr=open(tmp / "sshd.log", "wb"))
+    with open(tmp / "sshd.log", "wb") as log:
+        proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=log)
     try:
         wait_port(port, proc, "sshd")
         yield Nas(port=port, user=NAS_USER, password=password, root=export)
@@ -117,8 +117,9 @@ def s3_server(tmp: Path) -> Iterator[S3]:
         unavailable("the aws command is missing: pip install -e '.[test]' (awscli)")
     port = free_port()
     tmp.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp / "moto.log", "wb"))
+    with open(tmp / "moto.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=log)
     try:
         wait_port(port, proc, "moto_server")
         s3 = S3(endpoint=f"http://127.0.0.1:{port}", bucket="mad-demo", access_key="AKIADATACANARY",
