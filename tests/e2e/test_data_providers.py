@@ -178,3 +178,11 @@ def test_credentials_never_reach_logs_junit_perf_csv_or_the_container(
             assert canary not in text, f"{canary} in {where}"
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False).stdout
     assert nas.password not in ps and s3.secret_key not in ps
+
+
+def test_a_dry_run_names_the_providers_and_fetches_nothing(pytester: pytest.Pytester, zoo: Path) -> None:
+    res = run(pytester, "local", "data", None, "--mad-dry-run")
+    res.stdout.fnmatch_lines([
+        "*data 'demo_local': the first of local (scripts/dummy_data/sample) that serves it (not fetched in a dry run)",
+        "*data 'demo_custom': the first of custom (scripts/dummy_data/make_data.sh) that serves it*"])
+    assert not (zoo / "mad_work").exists()  # no script ran, nothing was fetched
