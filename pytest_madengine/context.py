@@ -31,6 +31,7 @@ KNOWN_KEYS = frozenset(
         "gen_sys_env_details", "log_error_pattern_scan", "log_error_benign_patterns",
         "log_error_patterns", "deploy", "docker_shm_size", "metric_direction",
         "rendezvous_timeout", "docker_run_options", "docker_build_timeout", "rendezvous_port", "model_args",
+        "data",
     }
 )
 

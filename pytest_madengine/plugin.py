@@ -64,6 +64,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--mad-force-mirror-local", default=None, metavar="PATH",
                 help="data folder (must exist; shared by all nodes in multi-node runs): MAD_DATAHOME, "
                      "mounted at the same path in containers")
+    g.addoption("--mad-data-config", default=None, metavar="PATH",
+                help="madengine's data.json: where each dataname of a model's `data` comes from "
+                     "(default: data.json in the checkout, when there is one)")
     g.addoption("--mad-baseline", default=None, metavar="PATH",
                 help="perf.csv or JUnit file of an earlier run: a model whose result is worse fails")
     g.addoption("--mad-regression-threshold", type=float, default=5.0, metavar="PCT",
@@ -89,6 +92,7 @@ def _options(config: pytest.Config) -> Options:
         keep_alive=opt("mad_keep_alive"),
         force_mirror_local=under_root(opt("mad_force_mirror_local")) if opt("mad_force_mirror_local") else None,
         dry_run=opt("mad_dry_run"),
+        data_config=under_root(opt("mad_data_config")) if opt("mad_data_config") else None,
         skip_model_run=opt("mad_skip_model_run"),
         node_folders=opt("mad_work_dir") == "mad_work" and opt("mad_log_dir") == "mad_logs",
     )

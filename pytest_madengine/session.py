@@ -21,6 +21,9 @@ from typing import Any
 
 from pytest_madengine import context as context_mod
 from pytest_madengine.context import Context
+from pytest_madengine.data import config as data_config
+from pytest_madengine.data import credentials as data_credentials
+from pytest_madengine.data import resolve as data_resolve
 from pytest_madengine.errors import MadError, UsageError
 from pytest_madengine.executors import factory
 from pytest_madengine.executors.base import Cancel, ExecutorChoice, Plan, RunOutcome, RunSpec
@@ -64,6 +67,7 @@ class Options:
     node_folders: bool = False  # multi-node with the default folders: mad_work/node<R>, mad_logs/node<R>
     skip_model_run: bool = False  # --mad-skip-model-run: all but the model's script
     force_mirror_local: Path | None = None  # --mad-force-mirror-local: MAD_DATAHOME, mounted
+    data_config: Path | None = None  # --mad-data-config (None: data.json in the checkout, if any)
 
 
 def resolve_timeout(model_timeout: int, cli_timeout: int | None, ctx: Context) -> float | None:
@@ -91,7 +95,7 @@ def script_argv(scripts: str, args: Sequence[str]) -> tuple[Path, tuple[str, ...
 def script_env(model: Model, ctx: Context, *, vendor: str, arch: str, system_ngpus: int,
                gpus: tuple[int, ...], runtime_ngpus: int, use_devices: bool, deployment: str,
                multi_node: multinode_mod.MultiNode | None = None, mirror: Path | None = None,
-               launch: Launch | None = None) -> dict[str, str]:
+               launch: Launch | None = None, data_env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment madengine gives a model script, then env_vars and docker_env_vars."""
     env = {
         "MAD_MODEL_NAME": model.name,
@@ -112,6 +116,7 @@ def script_env(model: Model, ctx: Context, *, vendor: str, arch: str, system_ngp
     if launch is not None:  # madengine 2.x `distributed`: the launcher's runner and every variable it sets
         env.update(launch.env)
     env.update(mirror_env(mirror))
+    env.update(data_env or {})  # the served data's folders replace the bare mirror
     if os.environ.get("BUILD_NUMBER"):
         env["JENKINS_BUILD_NUMBER"] = os.environ["BUILD_NUMBER"]
     if use_devices:
@@ -150,6 +155,7 @@ class ItemRun:
     variant: Variant | None = None
     around: tuple[around.Step, ...] = ()  # the context's pre/post scripts (and the tools'), checked once
     tools: tools_mod.ToolSet = tools_mod.ToolSet()  # the context's tools and encapsulate_script
+    data_names: tuple[str, ...] = ()  # the model's `data`, each checked against data.json
 
 
 class GpuWaitCancelled(Exception):
@@ -224,6 +230,26 @@ class MadSession:
         self.model_files: set[Path] = set()  # set by the plugin: what it collects
         self.tag_specs: list[TagSpec] = []  # --mad-tags, parsed
         self._variants = VariantFinder(self.context, self.pool.vendor)
+        self._data_config: data_config.DataConfig | MadError | None = None
+
+    def data_config(self) -> data_config.DataConfig:
+        """data.json (``--mad-data-config``) and the context's ``data``, read once; DataError
+        (raised again for each model that needs data) when unusable."""
+        if self._data_config is None:
+            given = self.options.data_config
+            try:
+                self._data_config = data_config.load(
+                    given or self.options.root / data_config.DATA_FILE, given is not None,
+                    self.context.get("data"), self.mirror)
+            except MadError as exc:
+                self._data_config = exc
+        if isinstance(self._data_config, MadError):
+            raise self._data_config
+        return self._data_config
+
+    def in_container(self) -> bool:
+        """Whether the script runs in a container with the data mounted (else host paths)."""
+        return self.executor.mounts_data
 
     def variants(self, model: Model) -> tuple[list[Variant], list[str]]:
         """The Dockerfiles ``model`` runs with (one item each), when the executor builds images."""
@@ -300,6 +326,9 @@ class MadSession:
             steps = toolset.stack(steps)
             errorscan.from_settings(model.raw, self.context)  # log_error_* checked before anything runs
             self.launch_of(model, n)  # `distributed` settings checked before anything runs
+            names = data_config.datanames(model.data, f"{model.source} entry '{model.name}'")
+            for name in names:  # every dataname's entry checked before anything runs
+                self.data_config().sources(name)
         except MadError as exc:
             raise NotRunnable(f"model '{model.name}': {exc}") from None
         folder, argv = script_argv(model.scripts, args)
@@ -307,15 +336,17 @@ class MadSession:
                        source_dir=Path(os.path.normpath(model.base_dir / folder)),
                        run_dir=(self.options.work_dir / flat_name(item_name)).resolve(),
                        timeout=resolve_timeout(model.timeout, self.options.timeout, self.context),
-                       n_gpus=n, variant=variant, around=steps, tools=toolset)
+                       n_gpus=n, variant=variant, around=steps, tools=toolset, data_names=names)
 
     def launch_of(self, model: Model, ngpus: int) -> Launch | None:
         """The ``distributed`` launcher's runner and environment for this node (None without
         ``distributed``). Raises LauncherError naming the key."""
         return launch_for(model.raw, self.context, self.multi_node, ngpus, model.name)
 
-    def spec_for(self, run: ItemRun, gpus: tuple[int, ...]) -> RunSpec:
-        """The executor's input once ``gpus`` are held (pure). Raises LauncherError."""
+    def spec_for(self, run: ItemRun, gpus: tuple[int, ...],
+                 data: data_resolve.DataResult | None = None) -> RunSpec:
+        """The executor's input once ``gpus`` are held (pure; ``data``: what was served, None in
+        a plan made before the run, which only names the providers). Raises LauncherError."""
         model = run.model
         launch = self.launch_of(model, len(gpus))
         # --mad-skip-model-run: the same plan with `true` where the script would run
@@ -333,14 +364,22 @@ class MadSession:
             setup = "; ".join(shlex.join(step) for step in launch.setup)
             wrapper = ("bash", "-c", f'set -e; {setup}; exec "$@"', "mad-launcher-setup", *wrapper)
             notes.insert(0, f"launcher setup: {setup}")
+        if data is not None:
+            data_lines = tuple(f"data: {s.fetch.render()}" for s in data.served)
+        elif run.data_names:
+            data_lines = tuple(data_resolve.describe(run.data_names, self.data_config()))
+        else:
+            data_lines = ()
         return RunSpec(
             model=model, argv=argv, wrapper=wrapper, around=", ".join(n for n in notes if n),
             env={**script_env(model, self.context, vendor=self.pool.vendor, arch=self.arch,
                               system_ngpus=len(self.gpu_info.ids), gpus=gpus, runtime_ngpus=len(gpus),
                               use_devices=self.pool.uses_devices, deployment=self.executor.name,
                               multi_node=self.multi_node if self.multi_node.configured else None,
-                              mirror=self.mirror, launch=launch),
+                              mirror=self.mirror, launch=launch,
+                              data_env=data.env(self.in_container()) if data is not None else None),
                  **run.tools.env},
+            data_mounts=data.mounts() if data is not None else (), data=data_lines,
             files=dict(launch.files) if launch is not None else {},
             run_dir=run.run_dir, workspace=self.options.root.resolve(), timeout=run.timeout, gpus=gpus,
             gpu_vendor=self.pool.vendor, use_gpu_devices=self.pool.uses_devices,
@@ -413,14 +452,30 @@ class MadSession:
             return result
         if commit:
             result.properties["git_commit"] = commit
+        data = None
+        if run.data_names:
+            try:
+                with self.interrupts.guard() as cancel:  # Ctrl-C stops a download, the row stays
+                    data = self.serve_data(run, sink.note, cancel)
+            except MadError as exc:  # no provider serves a name: the model does not run without it
+                result.reason = f"not run: {exc}"
+                if node is not None:
+                    with self.interrupts.guard() as cancel:
+                        node.abandon(result.reason, sink, cancel)
+                sink.close()
+                result.tail = sink.tail()
+                return result
+            result.properties.update(data.perf())
         waits = WaitNotes(sink.note, run.n_gpus, self.pool.ids)
         try:
             # Guarded from the GPU wait on: a signal then cancels the wait or the run, never loses the row.
             with self.interrupts.guard() as cancel:
-                outcome = self._allocate_and_run(run, waits, sink, result, node, cancel)
+                outcome = self._allocate_and_run(run, waits, sink, result, node, cancel, data)
         except MadError as exc:  # a backend's problem, or a launcher setting the GPUs given cannot serve
             outcome = RunOutcome(None, 0.0, problem=str(exc))
         finally:
+            if data is not None:
+                data_resolve.release_all(data, sink.note)
             sink.close()
         result.duration, result.build_duration = outcome.duration, outcome.build_duration
         result.image, result.docker_sha = outcome.image, outcome.docker_sha
@@ -478,8 +533,22 @@ class MadSession:
         log = self.log_path(item_name)
         return log.with_name(f"{log.name.removesuffix('.log')}_tools")
 
+    def serve_data(self, run: ItemRun, note: Callable[[str], None], cancel: Cancel) -> data_resolve.DataResult:
+        """Fetch or mount the model's datanames before it runs (DataError when one cannot be)."""
+        root = self.options.root.resolve()
+        return data_resolve.serve(run.data_names, self.data_config(), data_credentials.load(root),
+                                  root=root, scratch=self.data_scratch(run),
+                                  known_hosts=self.options.work_dir.resolve() / ".mad_known_hosts", note=note,
+                                  cancel=lambda: bool(cancel))
+
+    def data_scratch(self, run: ItemRun) -> Path:
+        """Where data without a mirror lands for this item: beside the run folders, not in one
+        (SLURM copies the run folder to each node; the data is read where it is)."""
+        return self.options.work_dir.resolve() / ".mad_data" / flat_name(run.item_name)
+
     def _allocate_and_run(self, run: ItemRun, waits: WaitNotes, sink: OutputSink, result: ModelResult,
-                          node: NodeRun | None, cancel: Cancel) -> RunOutcome:
+                          node: NodeRun | None, cancel: Cancel,
+                          data: data_resolve.DataResult | None = None) -> RunOutcome:
         def on_wait(elapsed: float) -> None:
             if cancel:
                 raise GpuWaitCancelled(elapsed)
@@ -490,7 +559,7 @@ class MadSession:
                 if waits.waited:
                     result.properties["gpu_wait_s"] = f"{waits.waited:.1f}"
                 result.gpus, result.runtime_ngpus = ids, len(ids)
-                plan = self.executor.plan(self.spec_for(run, ids))
+                plan = self.executor.plan(self.spec_for(run, ids, data))
                 sink.note(plan.render())  # the plan this run executes, at the top of its log
                 for name, text in plan.spec.files.items():  # a launcher's hostfile, in the run folder
                     (run.run_dir / name).write_text(text)

@@ -36,6 +36,12 @@ class RunSpec:
     # snapshot; the plan shows ``around`` for it, argv stays the model's own command.
     wrapper: tuple[str, ...] = ()
     around: str = ""
+    # Data providers: (host folder, container path, read-only); a container backend mounts it at
+    # the container path when it ``mounts_data`` (MAD_DATAHOME names that path), else the script
+    # reads the host folder (MAD_DATAHOME), which a backend's own containers mount as it is,
+    # and the plan's lines about the data step (what was served, or what a run would try).
+    data_mounts: tuple[tuple[str, str, bool], ...] = ()
+    data: tuple[str, ...] = ()
 
     def command(self, argv: Sequence[str] | None = None) -> tuple[str, ...]:
         """The full command: the wrapper, then ``argv`` (default: the model's)."""
@@ -81,6 +87,7 @@ class Plan:
                         f"runner {runner}")
         if s.around:
             head.append(f"  around the script: {s.around}")
+        head += [f"  {line}" for line in s.data]
         if s.files:
             head.append(f"  files written into the run folder: {', '.join(sorted(s.files))}")
         return "\n".join([*head, *self.lines()])
@@ -143,6 +150,7 @@ class Executor(ABC):
     name: str = "base"
     remote_gpus: bool = False
     submits_ahead: bool = False
+    mounts_data: bool = False  # runs scripts in a container with RunSpec.data_mounts mounted
     progress: Callable[[str], None] | None = None
 
     def describe(self) -> str:

@@ -72,7 +72,7 @@ class SubmitAhead:
             if it.nodeid in self.seen:
                 continue
             self.seen.add(it.nodeid)
-            if session.skip_reason_of(it.model) is not None:
+            if session.skip_reason_of(it.model) is not None or it.model.data:  # data is fetched at its turn
                 continue
             try:
                 run = session.item_run(it.model, it.extra_args, it.variant, it.name)

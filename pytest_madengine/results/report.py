@@ -85,6 +85,9 @@ def perf_rows(result: ModelResult, meta: Mapping[str, str]) -> list[dict[str, st
         "build_duration": f"{result.build_duration:.2f}" if result.build_duration else "",
         "test_duration": f"{result.duration:.2f}",
         "dataname": result.dataname,
+        "data_provider_type": str(props.get("data_provider_type", "")),
+        "data_size": str(props.get("data_size", "")),
+        "data_download_duration": str(props.get("data_download_duration", "")),
         "build_number": meta.get("build_number", ""),
         "additional_docker_run_options": str(props.get("additional_docker_run_options", "")),
     }

@@ -13,7 +13,7 @@ PKG = Path(__file__).resolve().parents[2] / "pytest_madengine"
 # lowest first; a module's layer is that of the longest prefix naming it
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "literals", "process"),
-    ("context", "models", "gpus", "workspace"),
+    ("context", "models", "gpus", "workspace", "data"),
     ("results", "output"),
     ("executors", "multinode"),
     ("session", "verdict"),

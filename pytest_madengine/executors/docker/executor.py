@@ -74,6 +74,8 @@ class DockerExecutor(Executor):
     def describe(self) -> str:
         return f"docker ({ddaemon.docker_host()})"
 
+    mounts_data = True
+
     def uses_dockerfiles(self, context: Any) -> bool:
         return not context.get("MAD_CONTAINER_IMAGE")
 

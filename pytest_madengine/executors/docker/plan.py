@@ -288,6 +288,8 @@ def plan_container(spec: RunSpec, image: str, *, name: str, keep_alive: bool) ->
             # Docker would create an empty root-owned folder and the script would run on nothing.
             raise ExecutorError(f"context docker_mounts: host path {host_path} (for {target}) does not exist")
         volumes[str(host_path)] = {"bind": target, "mode": "rw"}
+    for host, target, readonly in spec.data_mounts:  # served by a data provider, checked there
+        volumes[host] = {"bind": target, "mode": "ro" if readonly else "rw"}
     devices: list[str] = []
     group_add: list[str] = []
     gpu_request = None

@@ -47,6 +47,7 @@ class BatchPlan:
     gpu_vendor: str = "NONE"
     workspace: Path = Path("/")
     path_prefix: str = ""  # prepended to PATH on the node (the submitting Python's bin/)
+    data_mounts: tuple[tuple[str, bool], ...] = ()  # (host folder, read-only): served data, same path inside
 
     @property
     def batch_path(self) -> Path:
@@ -168,6 +169,8 @@ def task_script(plan: BatchPlan) -> str:
                     "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"})
     docker = ["docker", "run", "--rm", "--init", "--network", "host", "--ipc", "host",
               "-v", f"{plan.workspace}:{plan.workspace}"]
+    for host, readonly in plan.data_mounts:  # MAD_DATAHOME names host folders: the same path inside
+        docker += ["-v", f"{host}:{host}" + (":ro" if readonly else "")]
     if plan.gpus_per_node > 0 and plan.gpu_vendor == "AMD":
         docker += ["--device", "/dev/kfd", "--device", "/dev/dri", "--group-add", "video"]
     elif plan.gpus_per_node > 0 and plan.gpu_vendor == "NVIDIA":

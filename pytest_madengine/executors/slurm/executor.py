@@ -176,6 +176,7 @@ class SlurmExecutor(Executor):
             extra_sbatch=a.extra_sbatch, docker_image=a.docker_image, gpu_vendor=spec.gpu_vendor,
             workspace=spec.workspace,
             path_prefix="" if a.docker_image else os.path.dirname(sys.executable),
+            data_mounts=tuple((host, readonly) for host, _, readonly in spec.data_mounts),
         )
 
     def framework_env(self, spec: RunSpec) -> dict[str, str]:
