@@ -17,6 +17,7 @@ COMPONENTS = {
     "slurm_executor": ("slurm",), "slurm_poller": ("slurm",), "slurm_records": ("slurm",),
     "real_checkout": ("checkout",), "fuzz": ("reliability",), "checkout_paths": ("checkout",), "gitclone": ("checkout",),
     "metrics": ("results",), "report_columns": ("results",),
+    "build": ("docker",), "build_manifest": ("docker",),
 }
 
 
