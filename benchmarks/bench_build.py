@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -24,12 +25,26 @@ from pathlib import Path
 SCRIPT = "echo 'performance: 1 x'\n"
 
 
+PHASE = re.compile(r"build phase: \d+ model\(s\) in ([0-9.]+) s")
+
+
 def sh(argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
     done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         sys.exit(f"{' '.join(argv)} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
     return time.perf_counter() - start
+
+
+def phase(argv: list[str], cwd: Path) -> tuple[float, float]:
+    """(whole pytest run, the build phase itself as the plugin reports it)."""
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    found = PHASE.search(done.stdout)
+    if done.returncode != 0 or found is None:
+        sys.exit(f"{' '.join(argv)} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    return wall, float(found.group(1))
 
 
 def project(repo: Path, n: int, token: str) -> None:
@@ -58,10 +73,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp)
         project(repo, args.models, uuid.uuid4().hex[:8])
-        serial = sh([*argv, "--mad-build-jobs=1"], repo)
+        serial_wall, serial = phase([*argv, "--mad-build-jobs=1"], repo)
         project(repo, args.models, uuid.uuid4().hex[:8])
-        parallel = sh(argv, repo)
-        warm = min(sh(argv, repo) for _ in range(3))
+        parallel_wall, parallel = phase(argv, repo)
+        warm_runs = [phase(argv, repo) for _ in range(3)]
+        warm_wall, warm = min(w for w, _ in warm_runs), min(p for _, p in warm_runs)
         raw_env = {**os.environ, "DOCKER_BUILDKIT": "0"}
 
         def raw_all() -> float:
@@ -75,9 +91,11 @@ def main() -> None:
     jobs = max(1, min(8, os.cpu_count() or 1))
     print(f"models: {args.models}, distinct images, ~1 s of RUN work each; CPUs {os.cpu_count()}")
     print(f"cold build phase, --mad-build-jobs 1: {serial:.2f} s; default ({jobs} at a time): {parallel:.2f} s "
-          f"-> ratio {parallel / serial:.3f} (lower is better)")
-    print(f"warm build phase (nothing changed): {warm:.2f} s vs {args.models} cached `docker build`: {raw:.2f} s "
-          f"-> ratio {warm / raw:.3f}")
+          f"-> ratio {parallel / serial:.3f} (lower is better; whole pytest runs {serial_wall:.2f} s vs "
+          f"{parallel_wall:.2f} s)")
+    print(f"warm build phase (nothing changed, 0 builds): {warm:.2f} s vs {args.models} cached `docker build`: "
+          f"{raw:.2f} s -> ratio {warm / raw:.3f}; whole pytest run {warm_wall:.2f} s (ratio {warm_wall / raw:.3f}, "
+          "pytest start-up included)")
 
 
 if __name__ == "__main__":

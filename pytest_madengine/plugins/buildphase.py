@@ -62,14 +62,20 @@ class BuildPhase:
         done = 0
         lock = threading.Lock()
 
-        def build(item: ModelItem) -> tuple[ModelItem, tuple[ModelResult, dict[str, Any]]]:
-            return item, self.session.build_model(item.model, item.extra_args, item.variant, item.name)
+        def build(item: ModelItem) -> tuple[ModelItem, tuple[ModelResult, dict[str, Any]] | None]:
+            try:
+                return item, self.session.build_model(item.model, item.extra_args, item.variant, item.name)
+            except Exception:  # noqa: BLE001 - the item builds again on its turn and reports why
+                return item, None
 
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mad-build") as pool:
             futures = [pool.submit(build, it) for it in items]
             for fut in as_completed(futures):
-                item, (result, record) = fut.result()
-                item.mad_prebuilt = (result, record)
+                item, built = fut.result()
+                if built is None:
+                    continue
+                item.mad_prebuilt = built
+                result = built[0]
                 with lock:
                     done += 1
                     how = ("built" if result.passed else "FAILED") + (f" in {result.build_duration:.1f} s"
@@ -77,7 +83,7 @@ class BuildPhase:
                     if result.passed and not result.build_duration:
                         how = "up to date (reused)"
                     self._say(f"[{done}/{len(items)}] {item.name}: {how}")
-        self._say(f"build phase: {len(items)} model(s) in {time.monotonic() - start:.1f} s")
+        self._say(f"build phase: {len(items)} model(s) in {time.monotonic() - start:.2f} s")
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[

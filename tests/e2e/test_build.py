@@ -253,3 +253,19 @@ def test_build_secrets_stay_out_of_the_image(project: BuildProject, monkeypatch:
     assert hashlib.sha256(cred_canary.encode()).hexdigest() in out
     assert "arg=[]" in out
     assert "ARG MAD_SECRETS_CANARY: not passed as a build arg" in project.log(m, build=True)
+
+
+def test_run_with_registry_pulls_before_building(project: BuildProject) -> None:
+    """What every node of a multi-node run does in its preparation (before the rendezvous):
+    an image of the same inputs pushed by another host is pulled, not built again."""
+    m = project.built_model("shared", "S")
+    reg = f"{OPEN_REGISTRY}/madbuild"
+    res = project.run(f"--mad-registry={reg}")
+    res.assert_outcomes(passed=1)
+    res.stdout.fnmatch_lines([f"*pushed {reg}/ci-{m}_shared.any:*"])
+    project.remove_local()
+    res = project.run(f"--mad-registry={reg}")
+    res.assert_outcomes(passed=1)
+    assert "(same build inputs, built elsewhere), no build" in project.log(m)
+    row = list(csv.DictReader((project.path / "perf.csv").open()))[-1]
+    assert row["build_duration"] == "" and row["status"] == "SUCCESS"

@@ -112,7 +112,10 @@ class DockerExecutor(Executor):
 
     def plan(self, spec: RunSpec) -> DockerPlan:
         build = self._given_image(spec) or plan_build(spec)
-        container = plan_container(spec, build.image, name=container_name(build.image),
+        # A manifest's registry name carries a 64-character hash tag: the container keeps madengine's
+        # container_ci-<model>_<stem>.
+        named = build.image.rsplit("/", 1)[-1].split(":", 1)[0] if build.build_hash else build.image
+        container = plan_container(spec, build.image, name=container_name(named),
                                    keep_alive=bool(self.options.keep_alive))
         return DockerPlan(spec=spec, build=build, container=container, rebuild=bool(self.options.rebuild))
 
@@ -162,6 +165,11 @@ class DockerExecutor(Executor):
                 return entries, "interrupted (Ctrl-C or SIGTERM) during the build", build.arch
             except ExecutorError as exc:
                 return entries, str(exc), build.arch
+            except Exception as exc:  # noqa: BLE001 - one model's build fails, not the build phase
+                if ddaemon.is_connection_error(exc):
+                    self.daemon.drop_client()
+                    return entries, str(ddaemon.daemon_error(exc)), build.arch
+                return entries, f"docker build of {build.image} failed: {type(exc).__name__}: {exc}", build.arch
             entry = ImageEntry(
                 key=build.image, model=spec.model.name, docker_image=build.image,
                 dockerfile=self._rel(Path(build.dockerfile), spec.workspace) if build.dockerfile else "",

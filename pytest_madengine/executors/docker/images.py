@@ -29,6 +29,7 @@ from pytest_madengine.errors import ExecutorError
 from pytest_madengine.executors.base import Cancel, RunSpec
 from pytest_madengine.executors.docker import buildsecrets, publish, registry
 from pytest_madengine.executors.docker.daemon import SLICE_S, api_message, spec_cred_hint
+from pytest_madengine.executors.docker.manifest import RegistryTarget
 from pytest_madengine.executors.docker.plan import LABEL, LABEL_BUILD_SESSION, LABEL_HASH, BuildPlan, build_timeout
 from pytest_madengine.output import OutputSink
 
@@ -207,6 +208,11 @@ class ImageBuilder:
         self._failed: dict[str, tuple[str, str]] = {}  # build hash -> (reason, model): same inputs fail alike
         self._context_cache: dict[tuple[str, tuple[str, ...]], ContextFiles] = {}
         self._digest_locks: dict[str, threading.Lock] = {}  # one build per set of inputs at a time, in process
+        # A run with --mad-registry (not the build phase, which pushes itself): an image missing
+        # here is pulled by its content name before anything is built, and one built is pushed.
+        reg = getattr(options, "registry", "") or ""
+        self.registry = (RegistryTarget.parse(reg) if reg and not getattr(options, "build_only", False)
+                         and not options.rebuild else None)
 
     def _excludes(self, root: Path) -> list[str]:
         # Never sent to the daemon: registry passwords (a COPY . would put them in a layer) and
@@ -299,9 +305,14 @@ class ImageBuilder:
             with self._build_lock(digest):
                 self._fail_fast(digest)
                 reuse = self._reusable(client, build.image, digest)
+                if reuse is None and self.registry is not None:
+                    reuse = self._from_registry(client, spec, build, digest, log_path, sink, cancel)
                 if reuse is None:
                     try:
-                        return self._build(client, spec, build, text, ctx_files, digest, log_path, sink, cancel)
+                        built = self._build(client, spec, build, text, ctx_files, digest, log_path, sink, cancel)
+                        if self.registry is not None:
+                            self._push(client, spec, build, built, sink)
+                        return built
                     except BuildFailed as exc:
                         self._failed[digest] = (exc.reason, spec.model.name)
                         raise
@@ -313,6 +324,38 @@ class ImageBuilder:
             log.close()
         sink.note(f"image {build.image}: reused ({image_id[:19]}), no build")
         return ImageResult(build.image, image_id, False, 0.0, digest)
+
+    def _from_registry(self, client: Any, spec: RunSpec, build: BuildPlan, digest: str, log_path: Path,
+                       sink: OutputSink, cancel: Cancel) -> tuple[str, str] | None:
+        """Pull the image of these inputs from --mad-registry (built by another host or node);
+        None when the registry does not have it."""
+        assert self.registry is not None
+        ref = self.registry.reference(build.image, digest)
+        entries, secrets = _secrets(spec)
+        log = BuildLog(log_path, secrets)
+        try:
+            self._pull(client, ref, entries, secrets, log, sink, cancel, what="image",
+                       deadline=time.monotonic() + build_timeout(spec))
+        except (BuildFailed, StreamTimedOut) as exc:
+            sink.note(f"{ref}: not pulled ({getattr(exc, 'reason', 'timed out')[:200]}): building it here")
+            return None
+        finally:
+            log.close()
+        client.api.tag(ref, build.image, tag="latest", force=True)
+        found = _image_labels(client, build.image)
+        if found is None or found[1].get(LABEL_HASH) != digest:
+            return None
+        sink.note(f"image {build.image}: pulled {ref} (same build inputs, built elsewhere), no build")
+        return found[0], f"pulled {ref} from --mad-registry (build hash {digest[:16]})"
+
+    def _push(self, client: Any, spec: RunSpec, build: BuildPlan, built: ImageResult, sink: OutputSink) -> None:
+        assert self.registry is not None
+        entries, secrets = _secrets(spec)
+        try:
+            publish.push(client, built.image_id, self.registry, build.image, built.build_hash, entries, secrets,
+                         lambda text: self._say(text, sink))
+        except publish.PushFailed as exc:
+            raise BuildFailed(exc.reason) from None
 
     def _build(self, client: Any, spec: RunSpec, build: BuildPlan, text: str, ctx_files: ContextFiles,
                digest: str, log_path: Path, sink: OutputSink, cancel: Cancel) -> ImageResult:
@@ -422,7 +465,7 @@ class ImageBuilder:
         from docker.utils import parse_repository_tag
 
         host = registry.registry_of(ref)
-        cred = registry.credential_for(host, entries)
+        cred = publish.auth_for(host, entries, secrets)[0]  # credential.json, then MAD_REGISTRY_* / MAD_DOCKERHUB_*
         auth = None
         if cred is not None:
             log.note(f"logging in to {host} as {cred.username} ({cred.source})")

@@ -131,7 +131,7 @@ class DockerPlan(Plan):
         out: list[str] = []
         if b.prebuilt:
             out.append(f"  image: {b.image} ({b.source}: run as given, nothing built"
-                       + (f"; digest {b.digest} verified, pulled when absent" if b.digest else "") + ")")
+                       + (f"; pulled when absent, digest {b.digest} checked" if b.digest else "") + ")")
         else:
             reuse = ("always built (--mad-rebuild)" if self.rebuild else
                      "reused when an image with the same inputs' hash exists, else built")

@@ -73,7 +73,8 @@ def remote_digest(client: Any, reference: str, auth: dict[str, str] | None) -> s
         if "manifest unknown" in text or "not found" in text or "no such" in text:
             return None
         raise
-    digest = (data.get("Descriptor") or {}).get("Digest")
+    descriptor = data.get("Descriptor") or {}
+    digest = descriptor.get("digest") or descriptor.get("Digest")  # the daemon writes it lower-case
     return str(digest) if digest else None
 
 
