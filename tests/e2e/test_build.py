@@ -23,6 +23,7 @@ import pytest
 
 from pytest_madengine.executors.docker import plan as dplan
 
+from .multinode_helpers import Nodes, free_port_pair, node_context, show
 from .test_docker import BASE, Project
 
 pytestmark = pytest.mark.docker
@@ -122,6 +123,13 @@ def test_build_only_builds_in_parallel_and_runs_nothing(project: BuildProject) -
     res.assert_outcomes(passed=2)
     res.stdout.fnmatch_lines(["*up to date (reused)*"])
     assert not (project.path / "perf.csv").exists()
+
+
+def test_build_only_under_xdist_writes_one_manifest(project: BuildProject) -> None:
+    names = [project.built_model(f"x{i}", f"X{i}") for i in range(2)]
+    res = project.run_subprocess("--mad-build-only", "-n", "2")
+    res.assert_outcomes(passed=2)
+    assert sorted(e["model"] for e in project.manifest()["built_images"].values()) == sorted(names)
 
 
 def test_failed_build_fails_its_testcase_only(project: BuildProject) -> None:
@@ -269,3 +277,26 @@ def test_run_with_registry_pulls_before_building(project: BuildProject) -> None:
     assert "(same build inputs, built elsewhere), no build" in project.log(m)
     row = list(csv.DictReader((project.path / "perf.csv").open()))[-1]
     assert row["build_duration"] == "" and row["status"] == "SUCCESS"
+
+
+def test_multi_node_run_pulls_the_manifest_image_on_every_node(project: BuildProject) -> None:
+    """Two nodes (two pytest processes) run from one manifest: each pulls the pushed image and
+    checks its digest in its preparation, before the rendezvous; neither builds."""
+    m = project.built_model("nodes", "Z")
+    res = project.run("--mad-build-only", f"--mad-registry={OPEN_REGISTRY}/madbuild")
+    res.assert_outcomes(passed=1)
+    entry = next(iter(project.manifest()["built_images"].values()))
+    project.remove_local()
+    port = free_port_pair()
+    nodes = Nodes(project.path, executor="docker", tags=m)
+    for rank in (0, 1):
+        ctx = node_context(rank, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, rendezvous_timeout=120,
+                           docker_build_arg={"BASE_DOCKER": BASE})
+        nodes.start(rank, ctx, "--mad-manifest=build_manifest.json")
+    n0, n1 = nodes.wait(timeout=300)
+    assert (n0.rc, n1.rc) == (0, 0), show([n0, n1])
+    for node in (n0, n1):
+        build_log = (node.dir / "logs" / f"{m}.build.log").read_text()
+        assert f"digest {entry['docker_sha']} verified" in build_log, build_log
+        assert "on every node before the rendezvous" in node.out
+        assert "Step 1/" not in node.out  # nothing built
