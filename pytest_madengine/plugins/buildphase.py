@@ -68,7 +68,8 @@ class BuildPhase:
             except Exception:  # noqa: BLE001 - the item builds again on its turn and reports why
                 return item, None
 
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mad-build") as pool:
+        # Ctrl-C or SIGTERM stops every build in flight (their items then fail as interrupted).
+        with self.session.interrupts.guard(), ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mad-build") as pool:
             futures = [pool.submit(build, it) for it in items]
             for fut in as_completed(futures):
                 item, built = fut.result()

@@ -161,8 +161,10 @@ class BrokenItem(pytest.Item):
         self.mad_result: ModelResult | None = None
 
     def runtest(self) -> None:
+        opts = mad_session(self.config).options
         self.mad_result = ModelResult(model=self.name, status=FAILURE, reason=self.message,
-                                      executor="none", tags=self.tags)
+                                      executor="none", tags=self.tags,
+                                      perf_row=opts.build_rows or not opts.build_only)  # build phase: rows if asked
         raise EntryBroken(self.message)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:

@@ -174,3 +174,19 @@ def test_secrets_endpoint_serves_only_with_the_token_and_only_during_the_build()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/MAD_SECRETS_HF", timeout=2)
     assert os.environ.get("MAD_SECRETS_URL") is None
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--mad-build-only", "--mad-manifest=m.json"], "--mad-build-only and --mad-manifest exclude each other"),
+    (["--mad-use-image=x", "--mad-manifest=m.json"], "--mad-manifest and --mad-use-image exclude each other"),
+    (["--mad-build-jobs=2"], "--mad-build-jobs needs --mad-build-only"),
+    (["--mad-build-only", "--mad-build-jobs=-1"], "--mad-build-jobs: -1 is not a number of builds"),
+    (["--mad-target-archs=gfx942"], "--mad-target-archs needs --mad-build-only"),
+    (["--mad-build-only", "--mad-executor=local"], "need the docker executor; this run uses local"),
+    (["--mad-executor=docker", "--mad-manifest=none.json"], "--mad-manifest: */none.json does not exist"),
+    (["--mad-executor=docker", "--mad-registry=bad host"], "--mad-registry: 'bad host' is not HOST"),
+])
+def test_build_option_errors(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    res = pytester.runpytest("-p", "no:cacheprovider", "--mad-dry-run", *args)
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines([f"*{message}*"])
