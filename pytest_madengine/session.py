@@ -454,6 +454,20 @@ class MadSession:
         result.tail = sink.tail()
         return result
 
+    def build_spec(self, model: Model, variant: Variant | None, item_name: str) -> RunSpec:
+        """What the build phase plans an image from (pure): the build needs the Dockerfile,
+        the context and the architecture, not the script, its args or GPUs (a build host
+        usually has none), so none of those is checked here."""
+        return RunSpec(
+            model=model, argv=("true",), wrapper=(), around="",
+            env=script_env(model, self.context, vendor=self.pool.vendor, arch=self.arch, system_ngpus=0, gpus=(),
+                           runtime_ngpus=0, use_devices=False, deployment=self.executor.name),
+            files={}, run_dir=(self.options.work_dir / flat_name(item_name)).resolve(),
+            workspace=self.options.root.resolve(), timeout=None, gpus=(), gpu_vendor=self.pool.vendor,
+            use_gpu_devices=False, context=self.run_context, run_id=self.run_id,
+            dockerfile=variant.dockerfile if variant is not None else None,
+        )
+
     def build_model(self, model: Model, extra_args: Sequence[str], variant: Variant | None = None,
                     item_name: str | None = None) -> tuple[ModelResult, dict[str, Any]]:
         """--mad-build-only: build (or reuse) and push this item's image(s); run nothing. The
@@ -475,13 +489,10 @@ class MadSession:
         sink = OutputSink(self.log_path(item_name))
         result.log = str(sink.log_path)
         try:
-            run = self.item_run(model, extra_args, variant, item_name)
-            plan = self.executor.plan(self.spec_for(run, ()))
+            plan = self.executor.plan(self.build_spec(model, variant, item_name))
             sink.note(plan.render())
             with self.interrupts.guard() as cancel:
                 entries, error, arch = build_only(plan, sink, cancel)
-        except NotRunnable as exc:
-            entries, error, arch = [], str(exc), ""
         except MadError as exc:
             entries, error, arch = [], str(exc), ""
         finally:

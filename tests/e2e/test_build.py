@@ -37,10 +37,10 @@ SCRIPT = 'echo "model=$MAD_MODEL_NAME"\ncat /built-by.txt\necho "performance: 7.
 
 
 class BuildProject(Project):
-    def built_model(self, short: str, flavour: str) -> str:
+    def built_model(self, short: str, flavour: str, **fields: Any) -> str:
         """A model with a Dockerfile of its own (a distinct image), tiny to build."""
         self.dockerfile(f"docker/{short}", f"ARG BASE_DOCKER\nFROM ${{BASE_DOCKER}}\nRUN echo {flavour} > /built-by.txt\n")
-        return self.model(short, SCRIPT, dockerfile=f"docker/{short}")
+        return self.model(short, SCRIPT, dockerfile=f"docker/{short}", **fields)
 
     def manifest(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.path / "build_manifest.json").read_text())
@@ -94,9 +94,11 @@ def _free_port() -> int:
 
 
 def test_build_only_builds_in_parallel_and_runs_nothing(project: BuildProject) -> None:
-    a, b = project.built_model("alpha", "A"), project.built_model("beta", "B")
+    # A build needs neither the script nor the GPUs (a build host has none): beta's would not run here.
+    a = project.built_model("alpha", "A")
+    b = project.built_model("beta", "B", n_gpus="8", scripts="scripts/missing/run.sh")
     res = project.run("--mad-build-only", "--mad-build-jobs=2", "--junitxml=junit.xml", "--mad-build-perf-rows",
-                      "--mad-target-archs=gfx942,gfx90a")
+                      "--mad-target-archs=gfx942,gfx90a", "--mad-gpus=0-1")
     res.assert_outcomes(passed=2)
     res.stdout.fnmatch_lines(["*build phase: 2 model(s), 2 build(s) at a time*", "*[[]2/2[]]*built*"])
     assert not project.containers(a) and not project.containers(b)  # nothing ran
