@@ -23,7 +23,7 @@ import pytest
 
 from pytest_madengine.executors.docker import plan as dplan
 
-from .multinode_helpers import Nodes, free_port_pair, node_context, show
+from .multinode_helpers import Nodes, free_port_pair, node_context, show, unavailable
 from .test_docker import BASE, Project
 
 pytestmark = pytest.mark.docker
@@ -73,6 +73,21 @@ def project(pytester: pytest.Pytester, client: Any, monkeypatch: pytest.MonkeyPa
     p = BuildProject(pytester, client, "madbuild" + uuid.uuid4().hex[:8])
     yield p
     p.cleanup()
+
+
+@pytest.fixture(scope="module")
+def registries() -> None:
+    """The open and the htpasswd registry of .ci/setup-docker.sh answer (401 counts)."""
+    import urllib.error
+    import urllib.request
+
+    for host in (OPEN_REGISTRY, AUTH_REGISTRY):
+        try:
+            urllib.request.urlopen(f"http://{host}/v2/", timeout=5)
+        except urllib.error.HTTPError:
+            pass  # 401: up, and wants a login
+        except OSError as exc:
+            unavailable(f"registry {host} does not answer ({exc}); run .ci/setup-docker.sh")
 
 
 def _testcases(path: Path) -> dict[str, ET.Element]:
@@ -149,7 +164,7 @@ def test_failed_build_fails_its_testcase_only(project: BuildProject) -> None:
     assert not (project.path / "perf.csv").exists()
 
 
-def test_push_then_run_from_manifest_elsewhere(project: BuildProject) -> None:
+def test_push_then_run_from_manifest_elsewhere(project: BuildProject, registries: None) -> None:
     m = project.built_model("pushed", "P")
     reg = f"{OPEN_REGISTRY}/madbuild"
     res = project.run("--mad-build-only", f"--mad-registry={reg}")
@@ -174,7 +189,7 @@ def test_push_then_run_from_manifest_elsewhere(project: BuildProject) -> None:
     assert row["docker_sha"] == entry["docker_sha"] and row["docker_image"] == entry["registry_image"]
 
 
-def test_manifest_digest_mismatch_and_unknown_model(project: BuildProject) -> None:
+def test_manifest_digest_mismatch_and_unknown_model(project: BuildProject, registries: None) -> None:
     m = project.built_model("mism", "M")
     other = project.model("notbuilt", SCRIPT)
     res = project.run("--mad-build-only", f"--mad-registry={OPEN_REGISTRY}/madbuild", tags=m)
@@ -191,7 +206,7 @@ def test_manifest_digest_mismatch_and_unknown_model(project: BuildProject) -> No
     assert not project.containers(m)
 
 
-def test_push_to_auth_registry_keeps_the_password_out(project: BuildProject) -> None:
+def test_push_to_auth_registry_keeps_the_password_out(project: BuildProject, registries: None) -> None:
     (project.path / "credential.json").write_text(json.dumps(
         {AUTH_REGISTRY: {"username": REG_USER, "password": REG_PASSWORD}}))
     m = project.built_model("authpush", "Q")
@@ -208,7 +223,7 @@ def test_push_to_auth_registry_keeps_the_password_out(project: BuildProject) -> 
     assert REG_PASSWORD not in _all_text(project, res)
 
 
-def test_push_failures_fail_the_build(project: BuildProject) -> None:
+def test_push_failures_fail_the_build(project: BuildProject, registries: None) -> None:
     wrong = "wrong-" + REG_PASSWORD
     (project.path / "credential.json").write_text(json.dumps({AUTH_REGISTRY: {"username": REG_USER, "password": wrong}}))
     m = project.built_model("nopush", "N")
@@ -265,7 +280,7 @@ def test_build_secrets_stay_out_of_the_image(project: BuildProject, monkeypatch:
     assert "ARG MAD_SECRETS_CANARY: not passed as a build arg" in project.log(m, build=True)
 
 
-def test_run_with_registry_pulls_before_building(project: BuildProject) -> None:
+def test_run_with_registry_pulls_before_building(project: BuildProject, registries: None) -> None:
     """What every node of a multi-node run does in its preparation (before the rendezvous):
     an image of the same inputs pushed by another host is pulled, not built again."""
     m = project.built_model("shared", "S")
@@ -281,7 +296,7 @@ def test_run_with_registry_pulls_before_building(project: BuildProject) -> None:
     assert row["build_duration"] == "" and row["status"] == "SUCCESS"
 
 
-def test_multi_node_run_pulls_the_manifest_image_on_every_node(project: BuildProject) -> None:
+def test_multi_node_run_pulls_the_manifest_image_on_every_node(project: BuildProject, registries: None) -> None:
     """Two nodes (two pytest processes) run from one manifest: each pulls the pushed image and
     checks its digest in its preparation, before the rendezvous; neither builds."""
     m = project.built_model("nodes", "Z")
