@@ -235,11 +235,45 @@ def test_push_failures_fail_the_build(project: BuildProject, registries: None) -
     assert doc["push_failures"][0]["model"] == m
     text = _all_text(project, res)
     assert wrong not in text and REG_PASSWORD not in text
-    # A registry that is down: nothing listens on the port.
-    down = f"127.0.0.1:{_free_port()}"
-    res = project.run("--mad-build-only", f"--mad-registry={down}")
+
+def test_push_to_a_registry_that_went_down(project: BuildProject, tmp_path: Path) -> None:
+    """A throwaway registry of our own (never the shared ones): a push works, then it stops and
+    the next push fails that model's build with the daemon's answer."""
+    import shutil
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+
+    if shutil.which("docker-registry") is None:
+        unavailable("docker-registry is not installed (.ci/setup-docker.sh installs it)")
+    host = f"127.0.0.1:{_free_port()}"
+    config = tmp_path / "registry.yml"
+    config.write_text(f"version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {tmp_path}/data}}\n"
+                      f"http: {{addr: {host}, secret: madbuild-throwaway}}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(60):
+            try:
+                urllib.request.urlopen(f"http://{host}/v2/", timeout=2)
+                break
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.25)
+        m = project.built_model("down", "D1")
+        res = project.run("--mad-build-only", f"--mad-registry={host}")
+        res.assert_outcomes(passed=1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    project.built_model("down", "D2")  # new inputs, new tag: a real push
+    project.entries.pop()  # same model, its Dockerfile rewritten
+    (project.path / "models.json").write_text(json.dumps(project.entries, indent=1))
+    res = project.run("--mad-build-only", f"--mad-registry={host}", "--junitxml=junit.xml")
     res.assert_outcomes(failed=1)
-    res.stdout.fnmatch_lines([f"*{m}: push of {down}/ci-{m}_nopush.any:* failed*"])
+    res.stdout.fnmatch_lines([f"*{m}: push of {host}/ci-{m}_down.any:* failed*"])
+    doc = project.manifest()
+    assert doc["built_images"] == {} and doc["summary"]["failed_pushes"] == 1
 
 
 def test_use_image_runs_every_model_in_it(project: BuildProject) -> None:
