@@ -73,6 +73,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="with --mad-baseline: fail when worse than the baseline by more than PCT percent (default 5)")
     g.addoption("--mad-summary", default=None, metavar="PATH",
                 help="write the results table as Markdown here, with a chart beside it (PATH with .svg)")
+    b = parser.getgroup("madengine-build", "pytest-madengine: build once, run many")
+    b.addoption("--mad-build-only", action="store_true",
+                help="build (or reuse) every selected model's image, push it with --mad-registry, write the "
+                     "build manifest; run nothing")
+    b.addoption("--mad-build-jobs", type=int, default=0, metavar="N",
+                help="with --mad-build-only: images built at a time (default: the CPU count, at most 8)")
+    b.addoption("--mad-build-perf-rows", action="store_true",
+                help="with --mad-build-only: a perf.csv row per build (build_duration filled)")
+    b.addoption("--mad-target-archs", action="append", default=[], metavar="ARCHS",
+                help="with --mad-build-only: one image per GPU architecture (gfx942,gfx90a; repeatable)")
+    b.addoption("--mad-registry", default="", metavar="HOST[/NAMESPACE]",
+                help="push every built image there, tagged with its inputs' hash (login from credential.json or env)")
+    b.addoption("--mad-manifest-output", default="build_manifest.json", metavar="FILE",
+                help="with --mad-build-only: where the build manifest goes (default build_manifest.json)")
+    b.addoption("--mad-manifest", default=None, metavar="FILE",
+                help="run exactly the images of this build manifest (pulled when absent, digest checked, no build)")
+    b.addoption("--mad-use-image", default="", metavar="IMAGE", help="run every selected model in this image")
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -95,7 +112,25 @@ def _options(config: pytest.Config) -> Options:
         data_config=under_root(opt("mad_data_config")) if opt("mad_data_config") else None,
         skip_model_run=opt("mad_skip_model_run"),
         node_folders=opt("mad_work_dir") == "mad_work" and opt("mad_log_dir") == "mad_logs",
+        build_only=opt("mad_build_only"), build_jobs=opt("mad_build_jobs"), build_rows=opt("mad_build_perf_rows"),
+        target_archs=tuple(a.strip() for v in opt("mad_target_archs") for a in v.split(",") if a.strip()),
+        registry=opt("mad_registry"), manifest=under_root(opt("mad_manifest")) if opt("mad_manifest") else None,
+        use_image=opt("mad_use_image"),
     )
+
+
+def _check_build_options(config: pytest.Config) -> None:
+    opt = config.getoption
+    given = [name for name, on in (("--mad-build-only", opt("mad_build_only")), ("--mad-manifest", opt("mad_manifest")),
+                                   ("--mad-use-image", opt("mad_use_image"))) if on]
+    if len(given) > 1:
+        raise pytest.UsageError(f"{' and '.join(given)} exclude each other: build, or run what was built")
+    if opt("mad_build_jobs") < 0:
+        raise pytest.UsageError(f"--mad-build-jobs: {opt('mad_build_jobs')} is not a number of builds (>= 1, 0 = default)")
+    for name, value in (("--mad-build-jobs", opt("mad_build_jobs")), ("--mad-build-perf-rows", opt("mad_build_perf_rows")),
+                        ("--mad-target-archs", opt("mad_target_archs"))):
+        if value and not opt("mad_build_only"):
+            raise pytest.UsageError(f"{name} needs --mad-build-only")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -111,9 +146,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if not config.pluginmanager.has_plugin("madengine-builtin-executors"):
         config.pluginmanager.register(BuiltinExecutors(), "madengine-builtin-executors")
+    _check_build_options(config)
     try:
         session = MadSession(_options(config), config.getoption("mad_context_sources") or [], make_executor)
         tags = parse_tags(config.getoption("mad_tags"))
+        if (session.options.build_only or session.options.manifest or session.options.use_image
+                or session.options.registry) and not hasattr(session.executor, "build_only"):
+            raise UsageError(f"--mad-build-only, --mad-registry, --mad-manifest and --mad-use-image need the docker "
+                             f"executor; this run uses {session.executor.name}")
+        manifest = getattr(session.executor, "manifest", None)
+        if manifest is not None and not tags:  # a manifest selects its own models
+            tags = parse_tags([",".join(manifest.model_names)])
     except MadError as exc:
         raise pytest.UsageError(str(exc)) from None
     if (config.getoption("mad_timeout") or 0) < -1:
@@ -128,6 +171,10 @@ def pytest_configure(config: pytest.Config) -> None:
         from pytest_madengine.plugins import ahead as slurm_ahead
 
         slurm_ahead.register(config, session)
+    if session.options.build_only:
+        from pytest_madengine.plugins import buildphase
+
+        buildphase.register(config, session)
     try:
         runplugins.register(config, session)  # largest-first order, baseline check, summaries
     except MadError as exc:

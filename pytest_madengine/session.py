@@ -40,7 +40,7 @@ from pytest_madengine.multinode.launchers.base import Launch
 from pytest_madengine.multinode.node import NodeRun, check_mirror, mirror_context_mounts, mirror_env, nothing_reported
 from pytest_madengine.output import OutputSink
 from pytest_madengine.results import errorscan
-from pytest_madengine.results.result import FAILURE, SKIPPED, ModelResult, Row
+from pytest_madengine.results.result import FAILURE, SKIPPED, SUCCESS, ModelResult, Row
 from pytest_madengine.verdict import evaluate
 from pytest_madengine.workspace import around, gitclone
 from pytest_madengine.workspace import tools as tools_mod
@@ -68,6 +68,14 @@ class Options:
     skip_model_run: bool = False  # --mad-skip-model-run: all but the model's script
     force_mirror_local: Path | None = None  # --mad-force-mirror-local: MAD_DATAHOME, mounted
     data_config: Path | None = None  # --mad-data-config (None: data.json in the checkout, if any)
+    # Build once, run many (README): the build phase and runs from what it made.
+    build_only: bool = False  # --mad-build-only: build (and push) every selected model's image, run nothing
+    build_jobs: int = 0  # --mad-build-jobs: parallel builds (0: from the CPU count)
+    build_rows: bool = False  # --mad-build-perf-rows: a perf.csv row per build
+    target_archs: tuple[str, ...] = ()  # --mad-target-archs
+    registry: str = ""  # --mad-registry HOST[/NAMESPACE]
+    manifest: Path | None = None  # --mad-manifest (run from it)
+    use_image: str = ""  # --mad-use-image
 
 
 def resolve_timeout(model_timeout: int, cli_timeout: int | None, ctx: Context) -> float | None:
@@ -271,6 +279,9 @@ class MadSession:
                          f"(timeout {mn.rendezvous_timeout:g} s)" if mn.needs_barrier else ""))
         if self.mirror is not None:
             lines.append(f"madengine: data mirror {self.mirror} (MAD_DATAHOME)")
+        image_source = getattr(self.executor, "image_source", None)
+        if image_source is not None and not self.context.get("MAD_CONTAINER_IMAGE"):
+            lines.append(f"madengine: {image_source(mn.configured)}")
         lines += [f"madengine: warning: {w}" for w in self.context_warnings]
         return lines
 
@@ -545,6 +556,68 @@ class MadSession:
         """Where data without a mirror lands for this item: beside the run folders, not in one
         (SLURM copies the run folder to each node; the data is read where it is)."""
         return self.options.work_dir.resolve() / ".mad_data" / flat_name(run.item_name)
+
+    def build_spec(self, model: Model, variant: Variant | None, item_name: str) -> RunSpec:
+        """What the build phase plans an image from (pure): the build needs the Dockerfile,
+        the context and the architecture, not the script, its args or GPUs (a build host
+        usually has none), so none of those is checked here."""
+        return RunSpec(
+            model=model, argv=("true",), wrapper=(), around="",
+            env=script_env(model, self.context, vendor=self.pool.vendor, arch=self.arch, system_ngpus=0, gpus=(),
+                           runtime_ngpus=0, use_devices=False, deployment=self.executor.name),
+            files={}, run_dir=(self.options.work_dir / flat_name(item_name)).resolve(),
+            workspace=self.options.root.resolve(), timeout=None, gpus=(), gpu_vendor=self.pool.vendor,
+            use_gpu_devices=False, context=self.run_context, run_id=self.run_id,
+            dockerfile=variant.dockerfile if variant is not None else None,
+        )
+
+    def build_model(self, model: Model, extra_args: Sequence[str], variant: Variant | None = None,
+                    item_name: str | None = None) -> tuple[ModelResult, dict[str, Any]]:
+        """--mad-build-only: build (or reuse) and push this item's image(s); run nothing. The
+        result (SUCCESS or FAILURE with the build log's tail; a perf.csv row only with
+        --mad-build-perf-rows) and the item's build record for the manifest."""
+        from pytest_madengine.executors.docker.manifest import BuildRecord  # only the Docker backend builds
+
+        item_name = item_name or model.name
+        result = self.base_result(model, extra_args, item_name)
+        result.perf_row = self.options.build_rows
+        record = BuildRecord(model.name, (), model.raw)
+        build_only = getattr(self.executor, "build_only", None)
+        if build_only is None:
+            result.reason = f"--mad-build-only needs the docker executor (this run uses {self.executor.name})"
+            return result, dataclasses.replace(record, error=result.reason).to_json()
+        if self.interrupts.interrupted:
+            result.reason = "not built: the session was interrupted (Ctrl-C or SIGTERM)"
+            return result, dataclasses.replace(record, error=result.reason).to_json()
+        sink = OutputSink(self.log_path(item_name))
+        result.log = str(sink.log_path)
+        try:
+            plan = self.executor.plan(self.build_spec(model, variant, item_name))
+            sink.note(plan.render())
+            with self.interrupts.guard() as cancel:
+                entries, error, arch = build_only(plan, sink, cancel)
+        except MadError as exc:
+            entries, error, arch = [], str(exc), ""
+        finally:
+            sink.close()
+        record = BuildRecord(model.name, tuple(entries), model.raw, error, arch)
+        built = [e for e in entries if not e.push_error]
+        if built:
+            last = built[-1]
+            result.image, result.docker_sha = last.registry_image or last.docker_image, last.docker_sha
+            result.dockerfile, result.base_docker = last.dockerfile or result.dockerfile, last.base_docker
+            result.build_duration = sum(e.build_duration for e in entries)
+            result.properties["build_hash"] = ",".join(e.build_hash for e in built)
+            if any(e.registry_image for e in built):
+                result.properties["registry_image"] = ",".join(e.registry_image for e in built)
+        result.properties["build_only"] = True
+        if error:
+            result.status, result.reason = FAILURE, error
+        else:
+            result.status, result.reason = SUCCESS, ""
+            result.rows = [Row(model.name, None, "", SUCCESS)]
+        result.tail = sink.tail()
+        return result, record.to_json()
 
     def _allocate_and_run(self, run: ItemRun, waits: WaitNotes, sink: OutputSink, result: ModelResult,
                           node: NodeRun | None, cancel: Cancel,

@@ -18,6 +18,7 @@ COMPONENTS = {
     "real_checkout": ("checkout",), "fuzz": ("reliability",), "checkout_paths": ("checkout",), "gitclone": ("checkout",),
     "metrics": ("results",), "report_columns": ("results",), "tools": ("core",),
     "data_providers": ("docker", "data"), "data_pure": ("data",),
+    "build": ("docker",), "build_manifest": ("docker",),
 }
 
 

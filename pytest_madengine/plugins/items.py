@@ -92,6 +92,8 @@ class ModelItem(pytest.Item):
         self.extra_args: tuple[str, ...] = ()
         self.mad_result: ModelResult | None = None
         self.mad_plan: str | None = None  # --mad-dry-run: the rendered plan
+        self.mad_prebuilt: tuple[ModelResult, dict[str, Any]] | None = None  # --mad-build-only, built ahead
+        self.mad_build_record: dict[str, Any] | None = None  # --mad-build-only: for the manifest
         _mark(self, model.tags)
 
     @property
@@ -109,7 +111,12 @@ class ModelItem(pytest.Item):
         live = None
         if session.options.live_output or self.config.getoption("capture") == "no":
             live = terminal.writer(self.config, newline=False)
-        result = session.run_model(self.model, self.extra_args, live=live, variant=self.variant, item_name=self.name)
+        if session.options.build_only:  # the build phase (plugins/buildphase.py) may have built it already
+            prebuilt = getattr(self, "mad_prebuilt", None)
+            result, self.mad_build_record = prebuilt if prebuilt is not None else session.build_model(
+                self.model, self.extra_args, self.variant, self.name)
+        else:
+            result = session.run_model(self.model, self.extra_args, live=live, variant=self.variant, item_name=self.name)
         self.mad_result = result
         self.config.hook.pytest_mad_result(item=self, result=result)
         if result.status == SKIPPED:
@@ -154,8 +161,10 @@ class BrokenItem(pytest.Item):
         self.mad_result: ModelResult | None = None
 
     def runtest(self) -> None:
+        opts = mad_session(self.config).options
         self.mad_result = ModelResult(model=self.name, status=FAILURE, reason=self.message,
-                                      executor="none", tags=self.tags)
+                                      executor="none", tags=self.tags,
+                                      perf_row=opts.build_rows or not opts.build_only)  # build phase: rows if asked
         raise EntryBroken(self.message)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:

@@ -27,8 +27,9 @@ from typing import Any
 from pytest_madengine import process
 from pytest_madengine.errors import ExecutorError
 from pytest_madengine.executors.base import Cancel, RunSpec
-from pytest_madengine.executors.docker import registry
+from pytest_madengine.executors.docker import buildsecrets, publish, registry
 from pytest_madengine.executors.docker.daemon import SLICE_S, api_message, spec_cred_hint
+from pytest_madengine.executors.docker.manifest import RegistryTarget
 from pytest_madengine.executors.docker.plan import LABEL, LABEL_BUILD_SESSION, LABEL_HASH, BuildPlan, build_timeout
 from pytest_madengine.output import OutputSink
 
@@ -130,6 +131,7 @@ class ImageResult:
     image_id: str
     built: bool
     build_duration: float
+    build_hash: str = ""  # of the build inputs ("" for an image given as is)
 
 
 def in_thread(fn: Callable[[], None], cancel: Cancel, deadline: float | None = None,
@@ -205,6 +207,12 @@ class ImageBuilder:
         self._say = say
         self._failed: dict[str, tuple[str, str]] = {}  # build hash -> (reason, model): same inputs fail alike
         self._context_cache: dict[tuple[str, tuple[str, ...]], ContextFiles] = {}
+        self._digest_locks: dict[str, threading.Lock] = {}  # one build per set of inputs at a time, in process
+        # A run with --mad-registry (not the build phase, which pushes itself): an image missing
+        # here is pulled by its content name before anything is built, and one built is pushed.
+        reg = getattr(options, "registry", "") or ""
+        self.registry = (RegistryTarget.parse(reg) if reg and not getattr(options, "build_only", False)
+                         and not options.rebuild else None)
 
     def _excludes(self, root: Path) -> list[str]:
         # Never sent to the daemon: registry passwords (a COPY . would put them in a layer) and
@@ -235,7 +243,10 @@ class ImageBuilder:
         folder = Path(self.options.work_dir) / ".build-locks"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{digest[:32]}.lock"
-        with self._lock, open(path, "a") as fh:
+        # Per inputs, not the executor's lock: the build phase builds distinct images in parallel.
+        with self._lock:
+            mine = self._digest_locks.setdefault(digest, threading.Lock())
+        with mine, open(path, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -294,9 +305,14 @@ class ImageBuilder:
             with self._build_lock(digest):
                 self._fail_fast(digest)
                 reuse = self._reusable(client, build.image, digest)
+                if reuse is None and self.registry is not None:
+                    reuse = self._from_registry(client, spec, build, digest, log_path, sink, cancel)
                 if reuse is None:
                     try:
-                        return self._build(client, spec, build, text, ctx_files, digest, log_path, sink, cancel)
+                        built = self._build(client, spec, build, text, ctx_files, digest, log_path, sink, cancel)
+                        if self.registry is not None:
+                            self._push(client, spec, build, built, sink)
+                        return built
                     except BuildFailed as exc:
                         self._failed[digest] = (exc.reason, spec.model.name)
                         raise
@@ -307,7 +323,39 @@ class ImageBuilder:
         finally:
             log.close()
         sink.note(f"image {build.image}: reused ({image_id[:19]}), no build")
-        return ImageResult(build.image, image_id, False, 0.0)
+        return ImageResult(build.image, image_id, False, 0.0, digest)
+
+    def _from_registry(self, client: Any, spec: RunSpec, build: BuildPlan, digest: str, log_path: Path,
+                       sink: OutputSink, cancel: Cancel) -> tuple[str, str] | None:
+        """Pull the image of these inputs from --mad-registry (built by another host or node);
+        None when the registry does not have it."""
+        assert self.registry is not None
+        ref = self.registry.reference(build.image, digest)
+        entries, secrets = _secrets(spec)
+        log = BuildLog(log_path, secrets)
+        try:
+            self._pull(client, ref, entries, secrets, log, sink, cancel, what="image",
+                       deadline=time.monotonic() + build_timeout(spec))
+        except (BuildFailed, StreamTimedOut) as exc:
+            sink.note(f"{ref}: not pulled ({getattr(exc, 'reason', 'timed out')[:200]}): building it here")
+            return None
+        finally:
+            log.close()
+        client.api.tag(ref, build.image, tag="latest", force=True)
+        found = _image_labels(client, build.image)
+        if found is None or found[1].get(LABEL_HASH) != digest:
+            return None
+        sink.note(f"image {build.image}: pulled {ref} (same build inputs, built elsewhere), no build")
+        return found[0], f"pulled {ref} from --mad-registry (build hash {digest[:16]})"
+
+    def _push(self, client: Any, spec: RunSpec, build: BuildPlan, built: ImageResult, sink: OutputSink) -> None:
+        assert self.registry is not None
+        entries, secrets = _secrets(spec)
+        try:
+            publish.push(client, built.image_id, self.registry, build.image, built.build_hash, entries, secrets,
+                         lambda text: self._say(text, sink))
+        except publish.PushFailed as exc:
+            raise BuildFailed(exc.reason) from None
 
     def _build(self, client: Any, spec: RunSpec, build: BuildPlan, text: str, ctx_files: ContextFiles,
                digest: str, log_path: Path, sink: OutputSink, cancel: Cancel) -> ImageResult:
@@ -333,12 +381,19 @@ class ImageBuilder:
             tar = create_archive(str(ctx_files.root), files=list(ctx_files.files),
                                  extra_files=[(DOCKERFILE_IN_TAR, text)])
             result: dict[str, Any] = {}
+            given = buildsecrets.build_secrets(os.environ, str(spec.model.raw.get("cred") or ""), entries)
+            log.secrets.update(v for v in given.values() if len(v) >= 4)
+            for name in buildsecrets.withheld(text, given):
+                log.note(f"ARG {name}: not passed as a build arg (it would be kept in the image's history); "
+                         f"read it from ${buildsecrets.URL_ARG}/{name} instead (README, build secrets)")
+            build_args = dict(build.build_args)
+            serve = buildsecrets.wants_endpoint(text)
 
             def consume() -> None:
                 try:
                     stream = client.api.build(
                         fileobj=tar, custom_context=True, dockerfile=DOCKERFILE_IN_TAR, tag=build.image,
-                        buildargs=dict(build.build_args), labels=labels, rm=True, forcerm=True, pull=False,
+                        buildargs=build_args, labels=labels, rm=True, forcerm=True, pull=False,
                         nocache=bool(self.options.rebuild), decode=True, network_mode="host",
                     )
                     for chunk in stream:
@@ -365,7 +420,14 @@ class ImageBuilder:
                 finally:
                     tar.close()
 
-            in_thread(consume, cancel, deadline, stop)
+            if serve:
+                with buildsecrets.endpoint(given) as url:
+                    build_args[buildsecrets.URL_ARG] = url
+                    log.note(f"build secrets ({', '.join(sorted(given)) or 'none'}) served for this build only at "
+                             f"${buildsecrets.URL_ARG}")
+                    in_thread(consume, cancel, deadline, stop)
+            else:
+                in_thread(consume, cancel, deadline, stop)
             if "exception" in result:
                 raise result["exception"]
             if "error" in result:
@@ -378,7 +440,7 @@ class ImageBuilder:
                 _drop_replaced(client, previous[0], log)
             log.note(f"built {build.image} ({found[0][:19]}) in {duration:.1f} s")
             sink.note(f"image {build.image}: built in {duration:.1f} s ({found[0][:19]}); build log {log_path}")
-            return ImageResult(build.image, found[0], True, duration)
+            return ImageResult(build.image, found[0], True, duration, digest)
         except StreamTimedOut:
             log.note(f"timed out after {limit:g} s (context key docker_build_timeout): stopped waiting; "
                      "the build may go on in the Docker daemon, orphaned, until it ends")
@@ -403,7 +465,7 @@ class ImageBuilder:
         from docker.utils import parse_repository_tag
 
         host = registry.registry_of(ref)
-        cred = registry.credential_for(host, entries)
+        cred = publish.auth_for(host, entries, secrets)[0]  # credential.json, then MAD_REGISTRY_* / MAD_DOCKERHUB_*
         auth = None
         if cred is not None:
             log.note(f"logging in to {host} as {cred.username} ({cred.source})")
@@ -458,15 +520,21 @@ class ImageBuilder:
         limit = build_timeout(spec)
         log = BuildLog(log_path, secrets)
         try:
-            log.note(f"MAD_CONTAINER_IMAGE={build.image}: no build")
+            log.note(f"{build.source}: {build.image}, no build")
             start = time.monotonic()
             if found is None:
                 self._pull(client, build.image, entries, secrets, log, sink, cancel, what="image",
                            deadline=start + limit)
                 found = _image_labels(client, build.image)
             if found is None:
-                raise BuildFailed(f"image {build.image} (MAD_CONTAINER_IMAGE) is not available")
-            return ImageResult(build.image, found[0], False, time.monotonic() - start)
+                raise BuildFailed(f"image {build.image} ({build.source}) is not available")
+            if build.digest:
+                problem = publish.digest_problem(client.api.inspect_image(build.image), build.image, build.digest)
+                if problem is not None:
+                    log.note(problem)
+                    raise BuildFailed(f"{problem} ({build.source}); not run")
+                log.note(f"{build.image}: digest {build.digest} verified ({build.source})")
+            return ImageResult(build.image, found[0], False, time.monotonic() - start, build.build_hash)
         except StreamTimedOut:
             log.note(f"timed out after {limit:g} s (context key docker_build_timeout): stopped waiting; "
                      "the pull may go on in the Docker daemon until it ends")

@@ -9,6 +9,7 @@ found and removed by label, never by name pattern.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -57,7 +58,11 @@ class BuildPlan:
     build_args: dict[str, str]
     base_docker: str
     base_registry: str  # registry host of base_docker ("docker.io" for Docker Hub)
-    prebuilt: bool = False  # MAD_CONTAINER_IMAGE: run this image, build nothing
+    prebuilt: bool = False  # MAD_CONTAINER_IMAGE, --mad-use-image, --mad-manifest: run this image, build nothing
+    source: str = "MAD_CONTAINER_IMAGE"  # where a prebuilt image comes from, for messages
+    digest: str = ""  # --mad-manifest: the digest (or image id) the image must have
+    build_hash: str = ""  # --mad-manifest: the inputs' hash it was built from
+    arch: str = ""  # --mad-target-archs: the GPU architecture this image is built for
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,8 @@ class DockerPlan(Plan):
         b, c = self.build, self.container
         out: list[str] = []
         if b.prebuilt:
-            out.append(f"  image: {b.image} (MAD_CONTAINER_IMAGE: run as given, nothing built)")
+            out.append(f"  image: {b.image} ({b.source}: run as given, nothing built"
+                       + (f"; pulled when absent, digest {b.digest} checked" if b.digest else "") + ")")
         else:
             reuse = ("always built (--mad-rebuild)" if self.rebuild else
                      "reused when an image with the same inputs' hash exists, else built")
@@ -194,6 +200,18 @@ def plan_build(spec: RunSpec) -> BuildPlan:
         context_dir=str(build_context_dir(spec, path).resolve()), build_args=args, base_docker=base,
         base_registry=registry.registry_of(base) if base else "",
     )
+
+
+def for_arch(spec: RunSpec, build: BuildPlan, arch: str) -> BuildPlan:
+    """madengine's ``--target-archs``: one image per architecture, ``<image>_<arch>``, built with
+    ``MAD_SYSTEM_GPU_ARCHITECTURE=<arch>``; unchanged when the context's docker_build_arg sets
+    that arg itself (madengine then ignores the target archs too)."""
+    if not arch or build.prebuilt or "MAD_SYSTEM_GPU_ARCHITECTURE" in spec.context.dict_of("docker_build_arg"):
+        return build
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", arch):
+        raise ExecutorError(f"--mad-target-archs: {arch!r} is not an architecture name (e.g. gfx942)")
+    return dataclasses.replace(build, image=f"{build.image}_{arch.lower()}", arch=arch,
+                               build_args={**build.build_args, "MAD_SYSTEM_GPU_ARCHITECTURE": arch})
 
 
 _CONTAINER_BAD = re.compile(r"[^a-zA-Z0-9_.-]+")

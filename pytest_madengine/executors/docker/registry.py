@@ -128,7 +128,7 @@ def secrets_of(entries: Mapping[str, Any], env: Mapping[str, str] | None = None)
 
     walk(entries)
     for name, value in env.items():
-        if value and (name == "MAD_DOCKERHUB_PASSWORD" or name.startswith("MAD_SECRETS")):
+        if value and (name in ("MAD_DOCKERHUB_PASSWORD", "MAD_REGISTRY_PASSWORD") or name.startswith("MAD_SECRETS")):
             out.add(value)
     return {s for s in out if len(s) >= 4}  # a 1-3 character "secret" would blank out ordinary text
 
