@@ -337,3 +337,58 @@ def test_shell_word() -> None:
     assert jobscript.shell_word("--master_addr=240.77.0.0 --x") == "--master_addr=\"$MAD_HOST_0\"' --x'"
     assert jobscript.shell_word("240.77.0.0,240.77.1.2:6379") == '"$MAD_HOST_0",\"$MAD_HOST_258\":6379'
     assert jobscript.shell_word("1240.77.0.0") == "1240.77.0.0"
+
+
+# ------------------------------------------------------------------- the deadline
+
+
+class Forever(Partitions):
+    """sbatch answers 41; the job then runs for ever (squeue RUNNING) until scancel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancelled: list[str] = []
+
+    def run(self, argv: list[str], *, timeout: float = 60.0) -> str:
+        self.calls[argv[0]] += 1
+        return "41\n" if argv[0] == "sbatch" else ""
+
+    def squeue(self, ids: list[str]) -> dict[str, Any]:
+        from pytest_madengine.executors.slurm.records import JobRecord
+
+        state = "CANCELLED" if "41" in self.cancelled else "RUNNING"
+        return {"41": JobRecord(job_id="41", state=state, name="mad-0123456789ab-zoo_bert", nodes="n1",
+                                partition="debug", start=1.0, source="squeue")}
+
+    def sacct(self, ids: list[str]) -> dict[str, list[Any]]:
+        from pytest_madengine.executors.slurm.records import JobRecord
+
+        return {"41": [JobRecord(job_id="41", state="CANCELLED", name="mad-0123456789ab-zoo_bert", nodes="n1",
+                                 partition="debug", exit_code="0:15", start=1.0, end=2.0, source="sacct")]}
+
+    def scancel(self, ids: list[str]) -> None:
+        self.cancelled += ids
+
+
+def test_a_job_past_its_deadline_is_cancelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No model timeout (0): the deadline (queue + the job's time limit + grace) still applies."""
+    import dataclasses
+
+    from pytest_madengine.executors.base import Cancel
+    from pytest_madengine.executors.slurm import executor as ex_mod
+    from pytest_madengine.output import OutputSink
+
+    monkeypatch.setattr(ex_mod, "CANCEL_WAIT_S", 0.5)
+    ctl = Forever()
+    ex = SlurmExecutor(Options(root=tmp_path, log_dir=tmp_path / "logs", work_dir=tmp_path / "work"),
+                       Context({"slurm": {"partition": "debug", "time": "5"}}), "0123456789ab",
+                       poller=P.SlurmPoller(ctl, use_sacct=True))
+    s = spec(tmp_path, timeout=None)
+    s.run_dir.mkdir(parents=True)
+    plan = ex.plan(s)
+    assert plan.deadline_s == 3600 + 300 + 120  # time '5' minutes: the run's limit without a timeout
+    sink = OutputSink(tmp_path / "m.log")
+    out = ex.run(dataclasses.replace(plan, deadline_s=0.3), sink, Cancel())
+    sink.close()
+    assert out.problem.startswith("deadline: SLURM job(s) 41 not finished 0.3 s after submission")
+    assert out.problem.endswith("cancelled") and ctl.cancelled == ["41"]
