@@ -33,7 +33,8 @@ __all__ = ["cluster"]
 # process torchrun starts), then one gloo all_reduce over all ranks; rank 0 reports the sum.
 STANDIN_PY = """
     import os, sys, torch, torch.distributed as dist
-    for arg in sys.argv[1:]:
+    per_rank = "--per-rank" in sys.argv
+    for arg in (a for a in sys.argv[1:] if a != "--per-rank"):
         name, want = arg.split("=", 1)
         got = os.environ.get(name)
         assert got == want, f"{name}={got!r}, expected {want!r}"
@@ -47,7 +48,9 @@ STANDIN_PY = """
             print(f"rank {rank} of {world} node_rank {env.get('NODE_RANK', '-')} master {env.get('MASTER_ADDR', '-')} "
                   f"on {env['SLURMD_NODENAME']} in {os.getcwd()}: sum {t.item():g}", flush=True)
         dist.barrier()
-    if rank == 0:
+    if per_rank:  # every rank reports its own value, tagged: combined across the nodes
+        print(f"[rank{rank}]: performance: {10 + rank} samples_per_second", flush=True)
+    elif rank == 0:
         print(f"performance: {t.item():g} allreduce_sum", flush=True)
     dist.destroy_process_group()
 """
@@ -123,6 +126,16 @@ def test_two_nodes_torchrun_allreduce_per_node(pytester: pytest.Pytester) -> Non
     assert by_rank["0"][4].endswith("node0") and by_rank["1"][4].endswith("node1")  # a folder per node
     p = props(pytester.path)["madslurm_two"]
     assert p["nnodes"] == "2" and p["performance_reported_by"] == "node_rank 0"
+
+
+def test_per_rank_values_of_two_nodes_are_combined(pytester: pytest.Pytester) -> None:
+    needs_torch()
+    standin(ModelRepo(pytester.path), "madslurm_ranks", "--per-rank", slurm={"nodes": 2})
+    res = pytester.runpytest_subprocess(*argv(tags="madslurm_ranks", context=slurm()), timeout=180)
+    res.assert_outcomes(passed=1)
+    res.stdout.fnmatch_lines(["*madslurm_ranks*SUCCESS*21*samples_per_second*"])  # 10 (node 0) + 11 (node 1)
+    p = props(pytester.path)["madslurm_ranks"]
+    assert p["aggregation"] == "sum" and p["aggregated_ranks"] == "2"
 
 
 def test_megatron_and_torchtitan_variables_reach_every_task(pytester: pytest.Pytester) -> None:
