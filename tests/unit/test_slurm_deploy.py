@@ -184,7 +184,8 @@ def test_secrets_are_masked_in_the_rendering(tmp_path: Path) -> None:
 
 
 def run_case(task: str, rank: int, nodes: int, *, hosts: tuple[str, ...] = ("10.0.0.1", "10.0.0.2", "10.0.0.3",
-                                                                                "10.0.0.4")) -> dict[str, str]:
+                                                                                "10.0.0.4"),
+             cwd: Path | None = None) -> dict[str, str]:
     """Run the task script's environment part for one node rank in bash, with SLURM's
     variables faked; the variables the model's script would see."""
     head, _, _ = task.partition("\nexec ")
@@ -195,7 +196,7 @@ def run_case(task: str, rank: int, nodes: int, *, hosts: tuple[str, ...] = ("10.
             "getent() { case \"$2\" in " + " ".join(f"n{i + 1}) echo '{h} n{i + 1}';;" for i, h in
                                                    enumerate(hosts[:nodes])) + " esac; }\n")
     script = fake + head + "\nenv -0\n"
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, cwd=cwd,
                          env={"SLURM_NODEID": str(rank), "SLURM_NNODES": str(nodes), "SLURM_JOB_NODELIST": "n[1-4]",
                               "SLURM_JOB_ID": "77", "PATH": "/usr/bin:/bin"}).stdout
     return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
@@ -237,17 +238,27 @@ def test_hosts_reach_the_launcher_in_the_job(tmp_path: Path) -> None:
     assert not re.search(r"240\.77\.", " ".join(run_case(plan.task_script, 0, 3).values()))
 
 
-def test_the_same_launcher_output_as_the_other_backends(tmp_path: Path) -> None:
-    """Every variable of the launcher reaches the node (no allow-list): what launch() returns
-    for node rank 1 with the hosts the job got is exactly what the node exports."""
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed", "megatron", "megatron-lm", "torchtitan", "primus",
+                                      "vllm", "sglang", "sglang-disagg"])
+def test_the_same_launcher_output_as_the_other_backends(tmp_path: Path, launcher: str) -> None:
+    """Every variable of the launcher reaches each node (no allow-list), and its files: what
+    launch() returns for that node rank with the hosts the job got is exactly what the node
+    exports and writes."""
     from pytest_madengine.multinode.launchers import registry
 
-    dist = {"launcher": "vllm", "nnodes": 2}
-    plan = plan_of(tmp_path, {"nodes": 2}, extra_ctx={"distributed": dist})
-    env = run_case(plan.task_script, 1, 2)
-    topo = registry.topology(dist, gpus=0, node_rank=1, master_addr="10.0.0.1", hosts=("10.0.0.1", "10.0.0.2"))
-    want = registry.launch(dist, topo, "zoo/bert").env
-    assert {k: env.get(k) for k in want} == dict(want)
+    nodes = 3
+    hosts = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
+    dist = {"launcher": launcher, "nnodes": nodes}
+    plan = plan_of(tmp_path, {"nodes": nodes, "gpus_per_node": 2}, extra_ctx={"distributed": dist})
+    for rank in range(nodes):
+        folder = tmp_path / f"node{rank}"
+        folder.mkdir()
+        env = run_case(plan.task_script, rank, nodes, cwd=folder)
+        topo = registry.topology(dist, gpus=2, node_rank=rank, master_addr=hosts[0], hosts=hosts)
+        want = registry.launch(dist, topo, "zoo/bert")
+        assert {k: env.get(k) for k in want.env} == dict(want.env), (launcher, rank)
+        for name, text in want.files.items():
+            assert (folder / name).read_text() == text, (launcher, rank, name)
 
 
 def test_mpirun_over_several_nodes_is_refused(tmp_path: Path) -> None:
