@@ -4,9 +4,10 @@ of partition `debug`, all on this host, each node in its own run folder).
 Real jobs: torchrun on one node (the launcher honoured) and on two nodes (a gloo all_reduce
 with torch on the CPU, NODE_RANK/MASTER_ADDR right on each node), megatron and torchtitan
 (their variables reach every task), slurm_multi (a `.slurm` script as the job on two nodes,
-and the MAD-shaped zoo of tests/data/mad_zoo), a job past its deadline, and the preflight
-around a drained node. Model names start with `madslurm`, so the jobs (`mad-<run id>-<model>`)
-are ours.
+and the MAD-shaped zoo of tests/data/mad_zoo), a job past its deadline, the preflight around
+a drained node, and a slurm_multi job whose registry image is pulled on every node (Docker and
+the open registry of .ci/setup-docker.sh). Model names start with `madslurm`, so the jobs
+(`mad-<run id>-<model>`) and the pushed image (`madslurm/base`) are ours.
 
 Without a cluster these tests skip, except under ``CI=true`` where they fail.
 """
@@ -17,6 +18,7 @@ import csv
 import importlib.util
 import re
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -237,3 +239,40 @@ def test_preflight_excludes_a_drained_node(pytester: pytest.Pytester, drained_n4
     assert "slurm_job_id" not in p["madslurm_pre4"] or not p["madslurm_pre4"]["slurm_job_id"]
     rows = perf_rows(pytester.path)
     assert rows["madslurm_pre4"]["status"] == rows["madslurm_pinned"]["status"] == "FAILURE"
+
+
+@pytest.fixture
+def pushed_image() -> Iterator[str]:
+    """The base image pushed to the open local registry under our prefix, then removed here, so
+    only the job's `docker pull` can bring it back."""
+    if shutil.which("docker") is None:
+        _unavailable("docker is not installed; run .ci/setup-docker.sh")
+    from .conftest import DOCKER_BASE
+
+    image = "127.0.0.1:5000/madslurm/base:pull"
+    try:
+        sh("docker", "image", "inspect", DOCKER_BASE, timeout=30)
+        sh("docker", "tag", DOCKER_BASE, image, timeout=30)
+        sh("docker", "push", "-q", image, timeout=120)
+    except (AssertionError, subprocess.TimeoutExpired) as exc:
+        _unavailable(f"cannot push to the local registry 127.0.0.1:5000 ({exc}); run .ci/setup-docker.sh")
+    sh("docker", "rmi", image, timeout=30)
+    try:
+        yield image
+    finally:
+        sh("docker", "rmi", image, check=False, timeout=30)
+
+
+@pytest.mark.docker
+def test_slurm_multi_pulls_a_registry_image_on_every_node(pytester: pytest.Pytester, pushed_image: str) -> None:
+    body = ("#!/bin/bash\nsrun --ntasks=\"$SLURM_NNODES\" --ntasks-per-node=1 bash -c "
+            "'docker image inspect --format \"present on $SLURMD_NODENAME\" \"$DOCKER_IMAGE_NAME\"'\n"
+            "echo 'performance: 1 pulled'\n")
+    ModelRepo(pytester.path).model("madslurm_pull", body, script="scripts/madslurm_pull/run.slurm",
+                                   distributed={"launcher": "slurm_multi"}, env_vars={"DOCKER_IMAGE_NAME": pushed_image},
+                                   slurm={"nodes": 2})
+    res = pytester.runpytest_subprocess(*argv(tags="madslurm_pull", context=slurm()), timeout=180)
+    res.assert_outcomes(passed=1)
+    log = (pytester.path / "mad_logs" / "madslurm_pull.log").read_text()
+    assert f"docker pull {pushed_image}" in log  # the plan
+    assert len(set(re.findall(r"present on (n\d)", log))) == 2, log
