@@ -38,7 +38,7 @@ KNOWN_KEYS = frozenset(
 # Keys madengine reads that we accept but do not act on: warn, so nobody believes they took effect.
 IGNORED_KEYS = frozenset(
     {
-        "slurm", "k8s", "kubernetes", "env_vars", "gpus_per_node", "gpu_count", "n_gpus", "launcher", "vllm", "debug",
+        "k8s", "kubernetes", "env_vars", "gpus_per_node", "gpu_count", "n_gpus", "launcher", "vllm", "debug",
         "deploy", "docker_shm_size", "docker_run_options",
     }
 )
@@ -174,6 +174,8 @@ def validate(data: Mapping[str, Any]) -> list[str]:
             ) from None
     warnings = []
     for key in data:
+        if key == "env_vars" and "slurm" in data:
+            continue  # exported on the nodes of a `slurm` deployment
         if key in IGNORED_KEYS:
             warnings.append(f"context key '{key}' is accepted for madengine compatibility but has no effect here")
         elif key not in KNOWN_KEYS:

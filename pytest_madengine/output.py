@@ -36,7 +36,9 @@ class OutputSink:
         """A line of ours (not the model's) in the log, marked so it is not mistaken for output."""
         self.write(f"[pytest-madengine] {text}\n", scan=False)
 
-    def write(self, line: str, *, scan: bool = True) -> None:
+    def write(self, line: str, *, scan: bool = True, perf: bool = True) -> None:
+        """``perf=False``: scanned for error patterns but never read as the run's performance
+        (a SLURM worker node's output: node 0 reports the run's figure)."""
         if not line.endswith("\n"):
             line += "\n"
         with self._lock:
@@ -47,7 +49,8 @@ class OutputSink:
             self._tail.append(line.rstrip("\n"))
             self.lines += 1
             if scan:
-                self.scanner.feed(line)
+                if perf:
+                    self.scanner.feed(line)
                 if self.error_scan is not None:
                     self.error_scan.feed(line)
         if self._live is not None:

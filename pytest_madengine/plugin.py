@@ -43,7 +43,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--mad-context-file", action="append", dest="mad_context_sources", type=_tagged("file"),
                 metavar="PATH", help="additional context from a JSON or YAML file (repeatable; later wins)")
     g.addoption("--mad-executor", default="auto", metavar="NAME",
-                help="where scripts run: auto (slurm with slurm_args in the context, else docker when a "
+                help="where scripts run: auto (slurm with slurm_args or slurm in the context, else docker when a "
                      "Docker daemon answers, else local), docker, local, slurm, or a plugin's backend")
     g.addoption("--mad-skip-model-run", action="store_true",
                 help="run everything up to the model's script (build, container, pre/post scripts), not the script")

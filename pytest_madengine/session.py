@@ -231,6 +231,9 @@ class MadSession:
         make = make_executor or factory.make
         choice = make(options.executor, self.context, options, self.run_id)
         self.executor, self.executor_why = choice.executor, choice.why
+        if "slurm" in self.context and self.executor.name != "slurm":
+            self.context_warnings = [*self.context_warnings, f"context key 'slurm' acts on the SLURM executor only; "
+                                     f"this run uses {self.executor.name} ({self.executor_why})"]
         if self.executor.remote_gpus:  # the nodes' GPUs (SLURM's GPUS_PER_NODE), not this host's
             self.pool = gpus_mod.GpuPool(self.pool.vendor, (), "none", f"on the {self.executor.name} nodes")
         self.interrupts = Interrupts()

@@ -42,7 +42,11 @@ def evaluate(model_name: str, outcome: RunOutcome, perf_lines: list[PerfLine],
     if error_hit is not None:
         return FAILURE, error_hit.reason(), [], warnings
     rows: list[ResultRow]
-    if multiple_results:
+    if outcome.rows is not None:  # read by the backend (combined per-rank values, a results file)
+        rows = list(outcome.rows)
+        if not rows:
+            return FAILURE, "no performance value was reported", [], warnings
+    elif multiple_results:
         try:
             rows = parse_multiple_results(run_dir / multiple_results, model_name)
         except MetricsError as exc:

@@ -13,6 +13,7 @@ from typing import Any
 from pytest_madengine.context import Context
 from pytest_madengine.models import Model
 from pytest_madengine.output import OutputSink
+from pytest_madengine.results.metrics import ResultRow
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,9 @@ class RunOutcome:
     docker_sha: str = ""  # the image id the container ran
     nnodes: int | None = None  # nodes the run really used (SLURM), when the backend knows
     properties: dict[str, Any] = field(default_factory=dict)  # more facts, for JUnit properties only
+    # Results the backend read itself (SLURM: per-rank values of every node combined, a
+    # slurm_multi results file); None: the verdict reads the log and multiple_results as usual.
+    rows: list[ResultRow] | None = None
 
 
 class Cancel:

@@ -20,17 +20,17 @@ class BuiltinExecutors:
 
 
 def make(name: str, context: Any, options: Any, run_id: str) -> ExecutorChoice:
-    """auto: SLURM when the context has ``slurm_args``, else Docker when a daemon answers,
+    """auto: SLURM when the context has ``slurm_args`` or ``slurm``, else Docker when a daemon answers,
     else the host. Imports are lazy: a run on the host never loads the Docker SDK."""
     from pytest_madengine.executors.local import LocalExecutor
 
-    if name == "slurm" or (name == "auto" and "slurm_args" in context):
-        if "slurm_args" not in context:
-            raise UsageError("--mad-executor=slurm needs 'slurm_args' in the context (see the README's SLURM section)")
+    if name == "slurm" or (name == "auto" and ("slurm_args" in context or "slurm" in context)):
         from pytest_madengine.executors.slurm.executor import SlurmExecutor
 
+        # Without either key, --mad-executor=slurm uses each model card's `slurm` (or SLURM's defaults).
+        key = "slurm_args" if "slurm_args" in context else "slurm"
         return ExecutorChoice(SlurmExecutor(options, context, run_id),
-                              "--mad-executor=slurm" if name == "slurm" else "slurm_args in context")
+                              "--mad-executor=slurm" if name == "slurm" else f"{key} in context")
     if name == "local":
         return ExecutorChoice(LocalExecutor(), "--mad-executor=local")
     if name not in ("auto", "docker"):

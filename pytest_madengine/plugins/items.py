@@ -42,12 +42,12 @@ class ModelsFile(pytest.File):
             yield BrokenItem.from_parent(self, name="[unreadable]", message=str(exc), tags=(), scope=None)
             return
         deployed = [m.name for m in loaded.models if m.raw.get("slurm") or _launcher(m) in ("slurm_multi", "slurm-multi")]
-        if deployed:
+        if deployed and session.executor.name != "slurm":
             shown = ", ".join(deployed[:5]) + (f" and {len(deployed) - 5} more" if len(deployed) > 5 else "")
             self.warn(MadWarning(
-                f"{self.path}: the model card field 'slurm' and the launcher slurm_multi ({shown}) are not acted on "
-                "yet: those models run their script with bash on the executor this run uses (madengine 2.x would "
-                "submit them as SLURM jobs)"))
+                f"{self.path}: the model card field 'slurm' and the launcher slurm_multi ({shown}) act on the SLURM "
+                f"executor only (--mad-executor=slurm, or 'slurm' in the context): this run uses "
+                f"{session.executor.name}, where those models run their script with bash"))
         for model in loaded.models:
             duplicate = session.claim_name(model.name, self.path)
             if duplicate:

@@ -60,7 +60,7 @@ def test_the_whole_zoo_runs_in_docker(pytester: pytest.Pytester, zoo: Path) -> N
     assert "PASSED scripts/ctxtest/models.json::ctxtest/ctxtest[ctx2a.ubuntu.amd]" in out
     assert "PASSED scripts/ctxtest/models.json::ctxtest/ctxtest[ctx2b.ubuntu.amd]" in out
     assert "MadWarning" in out and "ctxtest.noheader.Dockerfile: no '# CONTEXT' header, passed over" in out
-    assert "field 'slurm' and the launcher slurm_multi (dummy_slurm/disagg_slurm) are not acted on yet" in out
+    assert "field 'slurm' and the launcher slurm_multi (dummy_slurm/disagg_slurm) act on the SLURM executor only" in out
     rows = perf(zoo)
     by_file = {r["docker_file"]: r for r in rows if r["model"] == "ctxtest/ctxtest"}
     assert set(by_file) == {"docker/ctxtest.ctx2a.ubuntu.amd.Dockerfile", "docker/ctxtest.ctx2b.ubuntu.amd.Dockerfile"}

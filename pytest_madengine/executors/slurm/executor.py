@@ -1,6 +1,6 @@
 """Run a model as SLURM job(s): submit, follow with the shared poller, report.
 
-Two paths, chosen by ``slurm_args``:
+Three paths: two chosen by ``slurm_args`` (madengine 1.x's context key), one by ``slurm``:
 
 * framework (``FRAMEWORK`` set): ``scripts/<FRAMEWORK>/run.sh`` submits the job(s) itself;
   we run it with MODEL_NAME, node counts, PARTITION, TIME and DOCKER_IMAGE in its
@@ -13,10 +13,21 @@ A COMPLETED job is exit 0 and its nodes' logs (rank 0 first, each line prefixed 
 node) go into the model's log, so performance lines are read as for any other executor;
 any other final state is the item's one-line reason. Our timeout, Ctrl-C and the end of
 the session ``scancel`` what this run submitted.
+
+* deploy (madengine 2.x's ``slurm`` key, from the model card and the context): the sbatch
+  script of ``jobscript.py``: one task per node running the ``distributed`` launcher's
+  per-node form, or (``slurm_multi``) the model's own script as the job. Only node 0's
+  output is read for the run's performance; per-rank values of every node are combined
+  (``gather.py``). Optional node preflight (``preflight.py``).
+
+Every job has a deadline: queue allowance + the model's timeout (else the job's time limit)
++ a grace period; past it the job is cancelled and the item fails with the reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import os
 import re
@@ -37,8 +48,11 @@ from pytest_madengine.errors import ExecutorError, UsageError
 from pytest_madengine.executors.base import SECRET_MARKERS, Cancel, Executor, Plan, RunOutcome, RunSpec, render_env
 from pytest_madengine.executors.slurm import args as args_mod
 from pytest_madengine.executors.slurm import batch as batch_mod
+from pytest_madengine.executors.slurm import deploy as deploy_mod
+from pytest_madengine.executors.slurm import deployjob, gather, jobscript, preflight
 from pytest_madengine.executors.slurm import poller as poller_mod
 from pytest_madengine.executors.slurm.records import describe_final, expand_hostlist, job_ids_from_output
+from pytest_madengine.multinode.deployment import distributed_settings
 from pytest_madengine.output import MAX_LINE, OutputSink
 from pytest_madengine.workspace import tools as tools_mod
 from pytest_madengine.workspace.paths import safe_relpath
@@ -46,6 +60,7 @@ from pytest_madengine.workspace.paths import safe_relpath
 SUBMIT_TIMEOUT_S = 600.0  # a framework's run.sh must have submitted by then
 CONTROLLER_GRACE_S = 900.0  # slurmctld unreachable this long fails the item
 CANCEL_WAIT_S = 15.0  # after scancel, how long we wait to read the final state
+DEADLINE_GRACE_S = 120.0  # SLURM checks time limits periodically (TIMEOUT comes 0-30 s late)
 
 
 def _relpath(name: str) -> Path:
@@ -64,7 +79,7 @@ class Submission:
     notes: list[str] = field(default_factory=list)  # our lines for the log
     output: list[str] = field(default_factory=list)  # the framework script's own output
     problem: str = ""
-    plan: batch_mod.BatchPlan | None = None
+    plan: batch_mod.BatchPlan | jobscript.DeployJob | None = None
     ahead: bool = False
 
 
@@ -90,9 +105,10 @@ def spec_key(spec: RunSpec) -> tuple[Any, ...]:
 @dataclass(frozen=True)
 class SlurmPlan(Plan):
     """native: the batch and task scripts we write and the sbatch argv; framework: the
-    model's framework script that submits its own jobs, with its environment."""
+    model's framework script that submits its own jobs, with its environment; deploy: the
+    ``slurm`` key's job (``deploy`` holds it, ``slurm_multi`` when the model's script is the job)."""
 
-    path: str = "native"  # native | framework
+    path: str = "native"  # native | framework | deploy
     argv: tuple[str, ...] = ()
     cwd: str = ""
     env_added: Mapping[str, str] = field(default_factory=dict)
@@ -100,6 +116,9 @@ class SlurmPlan(Plan):
     batch_script: str = ""
     task_script: str = ""
     queue_timeout: float | None = None
+    deadline_s: float | None = None  # after submission: queue + run allowance + grace
+    deploy: jobscript.DeployJob | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def executor(self) -> str:
@@ -109,13 +128,29 @@ class SlurmPlan(Plan):
         out = [f"  {self.path}: {shlex.join(self.argv)} (in {self.cwd})"]
         if self.queue_timeout:
             out.append(f"  queue timeout: {self.queue_timeout:g} s")
+        if self.deadline_s:
+            out.append(f"  deadline: {self.deadline_s:g} s after submission (then scancel)")
+        out += [f"  note: {n}" for n in self.notes]
         if self.path == "framework":
             return [*out, "  environment added:", *render_env(self.env_added, "    ")]
         masked = "\n".join(
             line if "=" not in line or not any(m in line.split("=", 1)[0].upper() for m in SECRET_MARKERS)
             else line.split("=", 1)[0] + "=***" for line in self.task_script.splitlines())
-        return [*out, "  --- batch script ---", *("  " + ln for ln in self.batch_script.splitlines()),
-                "  --- task script (run on every node) ---", *("  " + ln for ln in masked.splitlines())]
+        batch = "\n".join(_masked(line) for line in self.batch_script.splitlines())
+        out += ["  --- batch script ---", *("  " + ln for ln in batch.splitlines())]
+        if not masked:
+            return out
+        return [*out, "  --- task script (run on every node) ---", *("  " + ln for ln in masked.splitlines())]
+
+
+def _masked(line: str) -> str:
+    """An ``export K=v`` line with a secret-looking K shows ``K=***``."""
+    if not line.startswith("export ") or "=" not in line:
+        return line
+    name = line.split("=", 1)[0].removeprefix("export ").split()[-1]
+    if any(m in name.upper() for m in SECRET_MARKERS):
+        return line.split("=", 1)[0] + "=***"
+    return line
 
 
 class SlurmExecutor(Executor):
@@ -125,27 +160,55 @@ class SlurmExecutor(Executor):
 
     def __init__(self, options: Any, context: Context, run_id: str, *,
                  poller: poller_mod.SlurmPoller | None = None) -> None:
-        self.args = args_mod.parse(context.get("slurm_args"))
+        if "slurm_args" in context and "slurm" in context:
+            raise UsageError("context keys 'slurm_args' (madengine 1.x) and 'slurm' (madengine 2.x) both given: "
+                             "give one of them")
+        # slurm_args: madengine 1.x's key, one setting for every model; else the `slurm` key of
+        # the context and of each model card (deploy path), checked here and per model.
+        self.args: args_mod.SlurmArgs | None = (args_mod.parse(context.get("slurm_args"))
+                                                if "slurm_args" in context else None)
+        self.settings: deploy_mod.SlurmSettings | None = None
+        if self.args is None:
+            raw, origin = deploy_mod.merged({}, context)
+            self.settings = deploy_mod.parse(raw, origin, context.get("env_vars")
+                                             if isinstance(context.get("env_vars"), Mapping) else None)
         self.options = options
         self.context = context
         self.run_id = run_id
         self.poller = poller or poller_mod.shared()
+        where = "slurm_args" if self.args is not None else "slurm"
         try:
-            known = self.poller.controller.partitions()
+            self.known_partitions = self.poller.controller.partitions()
         except poller_mod.ControllerError as exc:
-            raise UsageError(f"slurm_args: cannot list this cluster's partitions with sinfo: {exc}") from None
-        args_mod.check_partition(self.args, known)
+            raise UsageError(f"{where}: cannot list this cluster's partitions with sinfo: {exc}") from None
+        if self.args is not None:
+            args_mod.check_partition(self.args, self.known_partitions)
+        elif self.settings is not None and self.settings.partition:
+            self.check_partition(self.settings.partition, "context")
         self._ahead: dict[str, Submission] = {}
         self._mine: list[poller_mod.Watch] = []  # every job this run submitted
         self._lock = threading.Lock()
 
+    def check_partition(self, partition: str, origin: str) -> None:
+        names = sorted({k.strip().rstrip("*") for k in self.known_partitions if k.strip()})
+        if partition not in names:
+            close = difflib.get_close_matches(partition, names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise UsageError(f"slurm.partition ({origin}): '{partition}' is not a partition of this cluster "
+                             f"(sinfo knows: {', '.join(names) or 'none'}){hint}")
+
     @property
     def ahead_depth(self) -> int:
-        """How many later items' jobs to queue ahead (slurm_args SUBMIT_AHEAD)."""
-        return int(self.args.submit_ahead)
+        """How many later items' jobs to queue ahead (slurm_args SUBMIT_AHEAD; the `slurm` key
+        path submits each model's job in its turn: preflight must see the nodes as they are)."""
+        return int(self.args.submit_ahead) if self.args is not None else 0
 
     def describe(self) -> str:
         a = self.args
+        if a is None:
+            st = self.settings or deploy_mod.SlurmSettings()
+            return (f"slurm (the `slurm` key: partition {st.partition or '(default)'}, {st.nodes} node(s)"
+                    f"{', time ' + st.time if st.time else ''}; model cards may add to it)")
         what = f"framework {a.framework}" if a.framework else f"{a.nodes} node(s)"
         return f"slurm (partition {a.partition}, {what}, time {a.time})"
 
@@ -159,11 +222,13 @@ class SlurmExecutor(Executor):
         return (Path(self.options.work_dir) / rel.parent / f"{rel.name}.slurm").resolve()
 
     def framework_script(self, spec: RunSpec) -> Path:
+        assert self.args is not None
         return spec.workspace / "scripts" / self.args.framework / "run.sh"
 
     # ---- plans (data, no side effects)
     def batch_plan(self, spec: RunSpec) -> batch_mod.BatchPlan:
         a = self.args
+        assert a is not None
         argv = list(spec.argv)
         if argv and argv[0] == "python3" and not a.docker_image:
             argv[0] = sys.executable  # the same Python, on the shared file system
@@ -181,6 +246,7 @@ class SlurmExecutor(Executor):
 
     def framework_env(self, spec: RunSpec) -> dict[str, str]:
         a = self.args
+        assert a is not None
         env = {k: v for k, v in spec.env.items() if k not in batch_mod.NODE_VARS}
         env.update(a.framework_env(args_mod.model_name_from_args(spec.argv[2:], spec.model.name)))
         env.update({
@@ -196,11 +262,64 @@ class SlurmExecutor(Executor):
             env["SBATCH_QOS"] = a.qos
         return env
 
+    @staticmethod
+    def deadline(queue_timeout: float, timeout: float | None, time_s: int) -> float:
+        """Seconds after submission: the queue allowance, the run's own limit (the model's
+        timeout, else the job's time limit), and a grace for SLURM's periodic limit checks."""
+        run = min(timeout, float(time_s)) if timeout is not None else float(time_s)
+        return queue_timeout + run + DEADLINE_GRACE_S
+
+    def deploy_dir(self, spec: RunSpec, settings: deploy_mod.SlurmSettings) -> Path:
+        """Where a `slurm`-key job's scripts and outputs go: ``slurm.output_dir`` (relative to
+        the checkout; a card's must stay inside it), else beside the model's log."""
+        if not settings.output_dir:
+            return self.job_dir(spec.model.name)
+        base = deployjob.inside(deploy_mod.key("output_dir"), settings.output_dir, spec.workspace,
+                                from_card=settings.output_dir_from_card)
+        rel = _relpath(spec.model.name)
+        return (base / rel.parent / f"{rel.name}.slurm").resolve()
+
+    def deploy_plan(self, spec: RunSpec) -> SlurmPlan:
+        model = spec.model
+        try:
+            dist = distributed_settings(model.raw, self.context)
+            settings = deploy_mod.settings_for(model.raw, self.context, dist)
+            if settings.partition and settings.partition != (self.settings.partition if self.settings else ""):
+                self.check_partition(settings.partition, "model card")
+            argv = list(spec.argv)
+            if argv and argv[0] == "python3":
+                argv[0] = sys.executable  # the same Python, on the shared file system
+            job = deployjob.build(dataclasses.replace(spec, argv=tuple(argv)), settings, dist,
+                                  job_name=batch_mod.job_name(self.run_id, model.name),
+                                  job_dir=self.deploy_dir(spec, settings), node_dir=self.node_dir(model.name),
+                                  path_prefix=os.path.dirname(sys.executable))
+            _, time_s = deploy_mod.resolve_time(settings, spec.timeout)
+        except (UsageError, ValueError) as exc:
+            raise ExecutorError(f"model '{model.name}': {exc}") from None
+        notes = [f"launcher {job.launcher}" + (" (the model's own script is the job)" if job.kind == "slurm_multi"
+                                                else f", one task per node on {job.nodes} node(s)")]
+        if settings.preflight:
+            notes.append("preflight: idle nodes (sinfo) and a quick srun on each before submitting"
+                         if not settings.nodelist else "preflight skipped: slurm.nodelist pins the nodes")
+        if settings.ignored:
+            notes.append(f"accepted for madengine compatibility, no effect here: slurm.{', slurm.'.join(settings.ignored)}")
+        if job.results_dir is not None:
+            notes.append(f"results: the first perf*.csv in {job.results_dir}")
+        task = jobscript.task_script(job) if job.kind == "tasks" else ""
+        return SlurmPlan(spec=spec, path="deploy", argv=("sbatch", "--parsable", str(job.batch_path)),
+                         cwd=str(job.job_dir), batch_script=jobscript.batch_script(job), task_script=task,
+                         queue_timeout=settings.queue_timeout,
+                         deadline_s=self.deadline(settings.queue_timeout, spec.timeout, time_s), deploy=job,
+                         notes=tuple(notes))
+
     def plan(self, spec: RunSpec) -> SlurmPlan:
+        if self.args is None:
+            return self.deploy_plan(spec)
         if self.args.framework:
             return SlurmPlan(spec=spec, path="framework", argv=("bash", str(self.framework_script(spec))),
                              cwd=str(self.job_dir(spec.model.name)), env_added=self.framework_env(spec),
-                             queue_timeout=self.args.queue_timeout)
+                             queue_timeout=self.args.queue_timeout,
+                             deadline_s=self.deadline(self.args.queue_timeout, spec.timeout, self.args.time_s))
         batch = self.batch_plan(spec)
         bad = batch_mod.bad_env_names(batch.env)
         if bad:
@@ -215,7 +334,8 @@ class SlurmExecutor(Executor):
             raise ExecutorError(f"model '{spec.model.name}': cannot write its SLURM job: {exc}") from None
         return SlurmPlan(spec=spec, path="native", argv=("sbatch", "--parsable", str(batch.batch_path)),
                          cwd=str(batch.job_dir), batch=batch, batch_script=batch_text, task_script=task_text,
-                         queue_timeout=self.args.queue_timeout)
+                         queue_timeout=self.args.queue_timeout,
+                         deadline_s=self.deadline(self.args.queue_timeout, spec.timeout, self.args.time_s))
 
     # ---- submission
     def submit_ahead(self, plan: Plan) -> None:
@@ -243,14 +363,16 @@ class SlurmExecutor(Executor):
 
     def start(self, plan: SlurmPlan, cancel: Cancel) -> Submission:
         spec = plan.spec
-        job_dir = self.job_dir(spec.model.name)
+        job_dir = Path(plan.cwd) if plan.path == "deploy" else self.job_dir(spec.model.name)
         shutil.rmtree(job_dir, ignore_errors=True)
         job_dir.mkdir(parents=True, exist_ok=True)
-        kind = "framework" if self.args.framework else "native"
+        kind = plan.path
         sub = Submission(spec_key(spec), kind, job_dir, time.time())
         try:
             if kind == "framework":
                 self._start_framework(plan, sub, cancel)
+            elif kind == "deploy":
+                self._start_deploy(plan, sub)
             else:
                 self._start_native(plan, sub)
         except UsageError as exc:
@@ -297,7 +419,56 @@ class SlurmExecutor(Executor):
                          f"time {plan.time}); batch script {plan.batch_path}")
         self._watch(sub, job_id, plan.job_name, plan.marker(job_id))
 
+    def _start_deploy(self, splan: SlurmPlan, sub: Submission) -> None:
+        spec, job = splan.spec, splan.deploy
+        assert job is not None
+        sub.plan = job
+        if not spec.run_dir.is_dir():
+            sub.problem = f"run folder {spec.run_dir} does not exist"
+            return
+        exclude = ""
+        if job.settings.preflight and not job.settings.nodelist:
+            def run(argv: list[str], timeout: float) -> str:
+                return self.poller.controller.run(argv, timeout=timeout)
+
+            try:
+                verdict = preflight.check(job.settings, job.job_name + "-preflight", run)
+            except poller_mod.ControllerError as exc:
+                sub.problem = f"preflight: cannot list the nodes with sinfo: {exc}"
+                return
+            sub.notes.append(verdict.note())
+            if verdict.problem:
+                sub.problem = verdict.problem
+                return
+            exclude = preflight.excluded(job.settings, verdict)
+        # Every node runs in its own copy of the run folder (shared file system).
+        shutil.rmtree(job.node_dir, ignore_errors=True)
+        for rank in range(job.copies):
+            shutil.copytree(spec.run_dir, job.node_dir / f"node{rank}", symlinks=True)
+        job.batch_path.write_text(splan.batch_script)
+        job.batch_path.chmod(0o700 if job.kind == "slurm_multi" else 0o644)  # slurm_multi's holds the environment
+        if splan.task_script:
+            job.task_path.write_text(splan.task_script)
+            job.task_path.chmod(0o700)  # it holds the model's environment
+        argv = list(splan.argv)
+        if exclude:  # the command line wins over the script's #SBATCH --exclude
+            argv[2:2] = [f"--exclude={exclude}"]
+        sub.submitted = time.time()
+        try:
+            out = self.poller.controller.run(argv)
+        except poller_mod.ControllerError as exc:
+            sub.problem = f"sbatch refused the job: {str(exc).removeprefix('sbatch: ')}"
+            return
+        job_id = out.strip().splitlines()[-1].split(";")[0].strip() if out.strip() else ""
+        if not job_id.isdigit():
+            sub.problem = f"sbatch --parsable printed no job id: {out.strip()[:200]!r}"
+            return
+        sub.notes.append(f"SLURM job {job_id} submitted ({job.nodes} node(s), partition {job.partition}, "
+                         f"time {job.time}, launcher {job.launcher}); batch script {job.batch_path}")
+        self._watch(sub, job_id, job.job_name, job.marker(job_id))
+
     def _start_framework(self, splan: SlurmPlan, sub: Submission, cancel: Cancel) -> None:
+        assert self.args is not None
         script = Path(splan.argv[1])
         if not script.is_file():
             sub.problem = (f"slurm_args FRAMEWORK {self.args.framework!r}: {script} not found "
@@ -363,7 +534,11 @@ class SlurmExecutor(Executor):
             sink.note(note)
         for line in sub.output:
             sink.write(line)
-        props: dict[str, Any] = {"partition": self.args.partition}
+        props: dict[str, Any] = {"partition": self.args.partition if self.args is not None
+                                 else plan.deploy.partition if plan.deploy is not None else ""}
+        if plan.deploy is not None:
+            props["launcher"] = plan.deploy.launcher
+        queue_timeout = plan.queue_timeout or args_mod.DEFAULT_QUEUE_TIMEOUT_S
         if sub.problem:
             return RunOutcome(None, time.monotonic() - t0, problem=sub.problem, properties=props)
         timed_out = interrupted = False
@@ -387,11 +562,15 @@ class SlurmExecutor(Executor):
                 break
             for w in live:
                 if w.started is None and (w.record is None or w.record.pending) \
-                        and now - w.submitted > self.args.queue_timeout:
+                        and now - w.submitted > queue_timeout:
                     reason = w.record.reason if w.record else "unknown"
-                    problem = (f"SLURM job {w.job_id} still PENDING after {self.args.queue_timeout:g} s "
+                    problem = (f"SLURM job {w.job_id} still PENDING after {queue_timeout:g} s "
                                f"(Reason={reason}); cancelled")
                     break
+            if not problem and plan.deadline_s is not None and now - sub.submitted > plan.deadline_s:
+                problem = (f"deadline: SLURM job(s) {self._ids(live)} not finished {plan.deadline_s:g} s after "
+                           f"submission (queue {queue_timeout:g} s + run limit + {DEADLINE_GRACE_S:g} s grace, "
+                           f"state {','.join(w.state for w in live)}); cancelled")
             if problem:
                 sink.note(problem)
                 self._scancel(live)
@@ -410,6 +589,11 @@ class SlurmExecutor(Executor):
         props.update(facts)
         self._copy_back(spec, sub)
         self._write_logs(sub, sink)
+        got = self._gather(sub, spec) if plan.deploy is not None and not (timed_out or interrupted or problem) else None
+        if got is not None:
+            props.update(got.properties)
+            for warning in got.warnings:
+                sink.note(f"warning: {warning}")
         for w in sub.watches:
             self.poller.forget(w)
         duration = run_s or time.monotonic() - t0
@@ -424,7 +608,21 @@ class SlurmExecutor(Executor):
                 return RunOutcome(None, duration, problem=w.gone, properties=props, nnodes=nnodes)
             if w.final is not None and w.final.state != "COMPLETED":
                 return RunOutcome(None, duration, problem=describe_final(w.final), properties=props, nnodes=nnodes)
-        return RunOutcome(0, duration, properties=props, nnodes=nnodes)
+        if got is not None and got.problem:
+            return RunOutcome(None, duration, problem=got.problem, properties=props, nnodes=nnodes)
+        return RunOutcome(0, duration, properties=props, nnodes=nnodes, rows=got.rows if got is not None else None)
+
+    def _gather(self, sub: Submission, spec: RunSpec) -> gather.Gathered | None:
+        """The `slurm` key's results: per node (tasks) or from results_dir (slurm_multi)."""
+        job = sub.plan
+        if not isinstance(job, jobscript.DeployJob) or not sub.watches:
+            return None
+        if job.kind == "slurm_multi":
+            return gather.slurm_multi(job.results_dir, spec.model.name, newer_than=sub.submitted)
+        job_id = sub.watches[0].job_id
+        return gather.nodes([job.node_output(job_id, k) for k in range(job.nodes)],
+                            [job.node_dir / f"node{k}" for k in range(job.nodes)], spec.model.name,
+                            spec.model.multiple_results)
 
     @staticmethod
     def _ids(watches: list[poller_mod.Watch]) -> str:
@@ -497,37 +695,40 @@ class SlurmExecutor(Executor):
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dest)
 
-    def _log_files(self, sub: Submission) -> list[tuple[str, Path]]:
-        """(prefix, file) in the order they go into the model's log: rank 0 first."""
-        out: list[tuple[str, Path]] = []
+    def _log_files(self, sub: Submission) -> list[tuple[str, Path, bool]]:
+        """(prefix, file, read for performance) in the order they go into the model's log:
+        rank 0 first. A `slurm`-key job's performance comes from node 0 (or, slurm_multi, the
+        job's own output) only: a worker node's number is never the run's."""
+        out: list[tuple[str, Path, bool]] = []
+        deployed = isinstance(sub.plan, jobscript.DeployJob)
         for w in sub.watches:
             rec = w.final or w.record
             hosts = expand_hostlist(rec.nodes) if rec and rec.nodes else []
             if sub.plan is not None:
                 for rank in range(sub.plan.nodes):
                     label = hosts[rank] if rank < len(hosts) else f"node{rank}"
-                    out.append((label, sub.plan.node_output(w.job_id, rank)))
-                out.append(("batch", sub.plan.batch_output(w.job_id)))
+                    out.append((label, sub.plan.node_output(w.job_id, rank), not deployed or rank == 0))
+                out.append(("batch", sub.plan.batch_output(w.job_id), True))
                 continue
             names = [p.name for p in sub.job_dir.iterdir() if p.is_file()]
             for name, index in framework_log_order(names, w.job_id):
                 label = hosts[index] if index is not None and index < len(hosts) else name
-                out.append((label if len(sub.watches) == 1 else f"{w.job_id} {label}", sub.job_dir / name))
+                out.append((label if len(sub.watches) == 1 else f"{w.job_id} {label}", sub.job_dir / name, True))
         return out
 
     def _write_logs(self, sub: Submission, sink: OutputSink) -> None:
-        files = [(label, p) for label, p in self._log_files(sub) if p.is_file()]
+        files = [(label, p, perf) for label, p, perf in self._log_files(sub) if p.is_file()]
         if not files:
             sink.note(f"no job output found in {sub.job_dir}")
             return
-        for label, path in files:
+        for label, path, perf in files:
             sink.note(f"--- {path.name} ({label}) ---")
             with open(path, "rb") as fh:
                 while True:
                     chunk = fh.readline(MAX_LINE)
                     if not chunk:
                         break
-                    sink.write(f"[{label}] " + chunk.decode("utf-8", "replace"))
+                    sink.write(f"[{label}] " + chunk.decode("utf-8", "replace"), perf=perf)
 
     def close(self) -> None:
         """Session end: cancel whatever this run submitted that still runs; record the calls."""
