@@ -433,6 +433,9 @@ class MadSession:
             why = f"{kind}-script {name} exited {code}" + (" (timed out)" if code == 124 else "")
             result.properties[f"{kind}_script_failed"] = why
             result.fail(why, rows="drop" if kind == "pre" else "keep")
+        if sink.log_error:  # the run's record is incomplete (its file system full): never a quiet pass
+            result.fail(f"{result.reason}; {sink.log_error}" if result.status == FAILURE and result.reason
+                        else f"{sink.log_error}; the log is incomplete", rows="drop")
         if node is not None:  # this node's verdict; node 0 combines the ranks' values
             node.finish(result, outcome_ok=outcome.exit_code == 0 and not (outcome.problem or outcome.timed_out
                                                                       or outcome.interrupted),
