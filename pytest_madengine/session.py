@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_madengine import context as context_mod
+from pytest_madengine import process
 from pytest_madengine.context import Context
 from pytest_madengine.errors import MadError, UsageError
 from pytest_madengine.executors import factory
@@ -218,6 +219,7 @@ class MadSession:
         if self.executor.remote_gpus:  # the nodes' GPUs (SLURM's GPUS_PER_NODE), not this host's
             self.pool = gpus_mod.GpuPool(self.pool.vendor, (), "none", f"on the {self.executor.name} nodes")
         self.interrupts = Interrupts()
+        self.sweep_orphans()  # a replacement for a lost xdist worker ends what the lost one left running
         self.names_seen: dict[str, Path] = {}
         self.model_files: set[Path] = set()  # set by the plugin: what it collects
         self.tag_specs: list[TagSpec] = []  # --mad-tags, parsed
@@ -506,5 +508,10 @@ class MadSession:
         with leases.take(n, on_wait=on_wait) as ids:
             yield ids
 
+    def sweep_orphans(self) -> list[str]:
+        """End the model process groups a killed pytest process (an xdist worker) left running."""
+        return process.sweep_orphan_groups(self.options.work_dir / process.LEDGER)
+
     def close(self) -> None:
+        self.sweep_orphans()
         self.executor.close()

@@ -16,7 +16,7 @@ COMPONENTS = {
     "parallel_pure": ("parallel",), "slurm": ("slurm",), "slurm_args": ("slurm",), "slurm_batch": ("slurm",),
     "slurm_executor": ("slurm",), "slurm_poller": ("slurm",), "slurm_records": ("slurm",),
     "real_checkout": ("checkout",), "fuzz": ("reliability",), "checkout_paths": ("checkout",), "gitclone": ("checkout",),
-    "metrics": ("results",), "output": ("results",),
+    "metrics": ("results",), "output": ("results",), "process_ledger": ("core",),
     "faults": ("reliability",), "load": ("reliability",), "secrets": ("reliability",), "report_columns": ("results",),
 }
 
