@@ -177,6 +177,28 @@ def small_fs(tmp_path: Path) -> Path:
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def test_perf_csv_file_system_full(project: Project, small_fs: Path) -> None:
+    # A 6 kB row: the second one needs a new page, which a full tmpfs refuses half-way through.
+    first = project.model("first", PERF_OK, args="--pad " + "x" * 6000)
+    project.start(LOCAL, f"--mad-perf-csv={small_fs / 'perf.csv'}")
+    assert project.finish()[0] == 0
+    before = (small_fs / "perf.csv").read_bytes()
+    fd = os.open(small_fs / "filler", os.O_WRONLY | os.O_CREAT)  # the rest of the file system
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    project.start(LOCAL, f"--mad-perf-csv={small_fs / 'perf.csv'}")
+    rc, out = project.finish()
+    assert rc == 1, out  # a row that could not be written fails the run, though the model passed
+    assert f"madengine: cannot write the perf.csv row of {first} to {small_fs / 'perf.csv'}: No space left" in out
+    assert (small_fs / "perf.csv").read_bytes() == before  # no half row
+    assert "INTERNALERROR" not in out and len(junit_cases(project.path / "j.xml")[first]) == 1
+
+
 def test_log_file_system_full(project: Project, small_fs: Path) -> None:
     flood = project.model("flood", 'seq 1 2000000\necho "performance: 1 samples_per_second"\n')
     after = project.model("after", PERF_OK)
@@ -474,3 +496,57 @@ def test_rendezvous_peer_killed_after_joining(project: Project) -> None:
     props = {p.get("name"): p.get("value") for p in junit_cases(n0.dir / "junit.xml")[m][0].iter("property")}
     assert props["peers_passed"] == "0/1", props
     assert "node 1 did not report its result: its connection ended" in props["warning"], props
+
+
+# ------------------------------------------------------------------ a registry down when the base image is pulled
+
+
+@pytest.fixture
+def own_registry(tmp_path: Path, docker_client: Any) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A throwaway docker-registry (as .ci/setup-docker.sh runs them) on a free port, holding
+    the base image; never the shared ones on 5000/5001."""
+    import shutil
+    import socket
+
+    if shutil.which("docker-registry") is None:
+        unavailable("docker-registry is missing (apt-get install docker-registry)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        addr = f"127.0.0.1:{s.getsockname()[1]}"
+    folder = tmp_path / "registry"
+    (folder / "data").mkdir(parents=True)
+    (folder / "config.yml").write_text(f"version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: "
+                                       f"{{rootdirectory: {folder / 'data'}}}\nhttp: {{addr: {addr}}}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", str(folder / "config.yml")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    ref = f"{addr}/mad-fault-base:latest"
+    try:
+        deadline = time.monotonic() + 30
+        while sh("curl", "-s", "-o", "/dev/null", f"http://{addr}/v2/").returncode != 0:
+            assert time.monotonic() < deadline and proc.poll() is None, "the throwaway registry did not start"
+            time.sleep(0.2)
+        docker_client.images.get(BASE).tag(ref)
+        docker_client.images.push(ref)
+        docker_client.images.remove(ref)
+        yield ref, proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        try:
+            docker_client.images.remove(ref, force=True)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def test_registry_down_when_the_base_image_is_pulled(cell: DockerCell, own_registry: tuple[str, Any]) -> None:
+    ref, registry = own_registry
+    os.killpg(registry.pid, signal.SIGKILL)
+    registry.wait()
+    p = cell.project
+    m = p.model("unpullable", PERF_OK)
+    p.start("--mad-executor=docker", "--mad-context=" + json.dumps({"docker_build_arg": {"BASE_DOCKER": ref}}))
+    rc, out = p.finish(timeout=180)
+    assert rc == 1, out
+    check(p, [m], leftovers=cell.containers)
+    assert ref.split("/")[0] in reason(p, m) and "Traceback" not in out, reason(p, m)
