@@ -215,3 +215,45 @@ def test_docker_run_leaks_no_canary(tmp_path: Path, docker_client: Any, private_
         for img in docker_client.images.list():
             if any(project.token in t for t in img.tags):
                 docker_client.images.remove(img.id, force=True)
+
+
+def _run_and_scan(project: Project, executor_args: list[str], timeout: float = 180) -> tuple[str, list[str]]:
+    """A run with every source's canary, then the scan of what it wrote; (model, findings)."""
+    run, canaries = assemble(project)
+    (project.path / "credential.json").write_text(json.dumps(run.credentials))
+    m = project.model("canary", MODEL, env_vars={**run.env_vars, "SEEN": " ".join(run.seen_in_model)})
+    (project.path / "ctx.json").write_text(json.dumps(run.context))
+    project.start(*executor_args, "--mad-context-file=ctx.json", "--mad-live-output", "-v", "-rA",
+                  env=project.env(**run.env))
+    rc, out = project.finish(timeout=timeout)
+    assert rc == 0, out
+    check(project, [m])
+    log = (project.path / "mad_logs" / f"{m}.log").read_text()
+    values = {**run.context.get("docker_env_vars", {}), **run.env_vars}
+    for key in run.seen_in_model:
+        assert f"{key}={sha16(values[key])}" in log, key
+    return m, scan(written_files(project.path, {"credential.json", "ctx.json", "models.json"}), canaries)
+
+
+def test_local_run_leaks_no_canary(tmp_path: Path) -> None:
+    project = Project(tmp_path)
+    _, found = _run_and_scan(project, ["--mad-executor=local"])
+    assert found == [], found
+
+
+def test_slurm_run_leaks_no_canary(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("sbatch") is None or subprocess.run(["scontrol", "ping"], capture_output=True).returncode:
+        unavailable("the SLURM cluster does not answer; run .ci/setup-slurm.sh")
+    project = Project(tmp_path)
+    partition = os.environ.get("MAD_TEST_SLURM_PARTITION", "debug")
+    _, found = _run_and_scan(project, ["--mad-context=" + json.dumps({"slurm_args": {"PARTITION": partition,
+                                                                                     "TIME": "2"}})])
+    scripts = [f for f in found if f.endswith(("task.sh", ".sh"))]
+    assert [f for f in found if f not in scripts] == [], found
+    if scripts:
+        # Known gap: the per-node task script exports the model's environment, values included,
+        # and sits in the job folder on the shared file system while the job runs.
+        pytest.xfail(f"the SLURM task script holds environment values: {scripts}")
