@@ -334,7 +334,7 @@ def test_docker_daemon_sigkilled(cell: DockerCell, killable_dockerd: Callable[[]
     p = cell.project
     dockerfile = cell.dockerfile("slow", SLOW_BUILD) if phase == "build" else "docker/base"
     m = p.model("victim", 'touch started\nsleep 120\necho "performance: 1 x"\n', dockerfile=dockerfile)
-    later = p.model("later", PERF_OK)
+    later = p.model("later", PERF_OK, dockerfile="docker/base")
     p.start("--mad-executor=docker", DOCKER_CTX)
     if phase == "build":
         build_log = p.path / "mad_logs" / f"{m}.build.log"
@@ -351,7 +351,10 @@ def test_docker_daemon_sigkilled(cell: DockerCell, killable_dockerd: Callable[[]
     if cell.containers():
         sweep = Project(p.path / "next", p.token)
         sweep.path.mkdir()
-        sweep.model("next", PERF_OK)
+        import shutil
+
+        shutil.copytree(p.path / "docker", sweep.path / "docker")
+        sweep.model("next", PERF_OK, dockerfile="docker/base")
         sweep.start("--mad-executor=docker", DOCKER_CTX)
         assert sweep.finish(timeout=180)[0] == 0, sweep.out()
     assert cell.containers() == [] and cell.build_containers() == []
@@ -360,7 +363,7 @@ def test_docker_daemon_sigkilled(cell: DockerCell, killable_dockerd: Callable[[]
 def test_ctrl_c_during_docker_build(cell: DockerCell) -> None:
     p = cell.project
     m = p.model("slowbuild", PERF_OK, dockerfile=cell.dockerfile("slow", SLOW_BUILD))
-    other = p.model("other", PERF_OK)
+    other = p.model("other", PERF_OK, dockerfile="docker/base")
     p.start("--mad-executor=docker", DOCKER_CTX)
     build_log = p.path / "mad_logs" / f"{m}.build.log"
     p.wait_for(lambda: build_log.exists() and "building-slowly" in build_log.read_text(), why="build step")
@@ -544,7 +547,7 @@ def test_registry_down_when_the_base_image_is_pulled(cell: DockerCell, own_regis
     os.killpg(registry.pid, signal.SIGKILL)
     registry.wait()
     p = cell.project
-    m = p.model("unpullable", PERF_OK)
+    m = p.model("unpullable", PERF_OK, dockerfile="docker/base")
     p.start("--mad-executor=docker", "--mad-context=" + json.dumps({"docker_build_arg": {"BASE_DOCKER": ref}}))
     rc, out = p.finish(timeout=180)
     assert rc == 1, out
