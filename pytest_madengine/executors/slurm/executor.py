@@ -34,7 +34,7 @@ from typing import Any
 from pytest_madengine import process
 from pytest_madengine.context import Context
 from pytest_madengine.errors import ExecutorError, UsageError
-from pytest_madengine.executors.base import SECRET_MARKERS, Cancel, Executor, Plan, RunOutcome, RunSpec, render_env
+from pytest_madengine.executors.base import Cancel, Executor, Plan, RunOutcome, RunSpec, render_env, shown_value
 from pytest_madengine.executors.slurm import args as args_mod
 from pytest_madengine.executors.slurm import batch as batch_mod
 from pytest_madengine.executors.slurm import poller as poller_mod
@@ -110,11 +110,17 @@ class SlurmPlan(Plan):
             out.append(f"  queue timeout: {self.queue_timeout:g} s")
         if self.path == "framework":
             return [*out, "  environment added:", *render_env(self.env_added, "    ")]
-        masked = "\n".join(
-            line if "=" not in line or not any(m in line.split("=", 1)[0].upper() for m in SECRET_MARKERS)
-            else line.split("=", 1)[0] + "=***" for line in self.task_script.splitlines())
+        masked = "\n".join(_masked_assignment(line) for line in self.task_script.splitlines())
         return [*out, "  --- batch script ---", *("  " + ln for ln in self.batch_script.splitlines()),
                 "  --- task script (run on every node) ---", *("  " + ln for ln in masked.splitlines())]
+
+
+def _masked_assignment(line: str) -> str:
+    """``export NAME=value`` as a plan prints it: the value masked as ``shown_value`` does."""
+    if "=" not in line:
+        return line
+    name, value = line.split("=", 1)
+    return f"{name}={shown_value(name, value)}"
 
 
 class SlurmExecutor(Executor):
