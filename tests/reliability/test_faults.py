@@ -172,7 +172,7 @@ def small_fs(tmp_path: Path) -> Path:
     mnt.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+        unavailable(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
@@ -291,7 +291,7 @@ def dockerd_pid() -> int:
     done = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True)
     pids = [int(p) for p in done.stdout.split()]
     if len(pids) != 1:
-        pytest.skip(f"want exactly one dockerd on this host, found {pids}")
+        unavailable(f"want exactly one dockerd on this host to kill and restart, found {pids}")
     return pids[0]
 
 
