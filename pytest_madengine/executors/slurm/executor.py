@@ -123,6 +123,24 @@ def _masked_assignment(line: str) -> str:
     return f"{name}={shown_value(name, value)}"
 
 
+def _scrub_task_script(plan: batch_mod.BatchPlan | None) -> None:
+    """The task script exports the model's environment, values included (0700 while the job
+    runs). Once the job is over, the copy kept beside the log has them masked as the plan
+    prints them; replaced, not rewritten in place, so a node still reading it keeps the old file."""
+    if plan is None or not plan.task_path.is_file():
+        return
+    try:
+        text = plan.task_path.read_text()
+        masked = "\n".join(_masked_assignment(line) for line in text.splitlines()) + "\n"
+        if masked != text:
+            tmp = plan.task_path.with_name(plan.task_path.name + ".masked")
+            tmp.write_text(masked)
+            tmp.chmod(0o700)
+            os.replace(tmp, plan.task_path)
+    except OSError:
+        pass  # a shared file system gone away: the 0700 file stays as it was
+
+
 class SlurmExecutor(Executor):
     name = "slurm"
     remote_gpus = True  # the nodes' GPUS_PER_NODE, not this host's
@@ -414,6 +432,7 @@ class SlurmExecutor(Executor):
         props.update(facts)
         self._copy_back(spec, sub)
         self._write_logs(sub, sink)
+        _scrub_task_script(sub.plan)
         for w in sub.watches:
             self.poller.forget(w)
         duration = run_s or time.monotonic() - t0
