@@ -2,7 +2,11 @@
 
 Memory stays bounded whatever the output size: lines are cut at
 ``MAX_LINE`` bytes, only the last ``tail_lines`` are kept, and performance
-lines are scanned as they pass.
+lines are scanned as they pass. The log stays bounded per line too: of one
+output line only the first ``MAX_LOG_LINE`` bytes are written, the rest is
+counted (a model printing gigabytes without a newline must not fill the disk).
+A log that cannot be written (its file system full) stops being written, but the
+output is still drained, scanned and tailed, so the model never blocks on it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pytest_madengine.results.errorscan import ErrorScan
 from pytest_madengine.results.metrics import PerfScanner
 
 MAX_LINE = 64 * 1024
+MAX_LOG_LINE = 1024 * 1024
 
 
 class OutputSink:
@@ -30,31 +35,65 @@ class OutputSink:
         self.scanner = PerfScanner()
         self.error_scan: ErrorScan | None = None  # set by the session: the log error scan, when on
         self._lock = threading.Lock()
+        self._ended = False
+        self._open_line = 0  # characters of the model's current line so far (pieces without a newline)
+        self._cut = 0  # characters of the current line not logged
         self.lines = 0
+        self.log_error = ""  # why the log could not be written ("" while it can)
 
     def note(self, text: str) -> None:
         """A line of ours (not the model's) in the log, marked so it is not mistaken for output."""
         self.write(f"[pytest-madengine] {text}\n", scan=False)
 
     def write(self, line: str, *, scan: bool = True, perf: bool = True) -> None:
-        """``perf=False``: scanned for error patterns but never read as the run's performance
+        """``line``: a whole line, or (without its newline) a piece of a longer one.
+        ``perf=False``: scanned for error patterns but never read as the run's performance
         (a SLURM worker node's output: node 0 reports the run's figure)."""
-        if not line.endswith("\n"):
-            line += "\n"
+        complete = line.endswith("\n")
+        text = line if complete else line + "\n"
         with self._lock:
-            if self._log.closed:  # a straggler writing after the run ended
+            if self._ended:  # a straggler writing after the run ended
                 return
-            self._log.write(line)
-            self._log.flush()
-            self._tail.append(line.rstrip("\n"))
-            self.lines += 1
+            keep = True
             if scan:
-                if perf:
-                    self.scanner.feed(line)
-                if self.error_scan is not None:
-                    self.error_scan.feed(line)
-        if self._live is not None:
-            self._live(line)
+                if self._open_line >= MAX_LOG_LINE:
+                    keep, self._cut = False, self._cut + len(line) - complete
+                self._open_line = 0 if complete else self._open_line + len(line)
+            if keep:
+                self._to_log(text)
+                self._tail.append(text.rstrip("\n"))
+                self.lines += 1
+                if scan:
+                    if perf:
+                        self.scanner.feed(text)
+                    if self.error_scan is not None:
+                        self.error_scan.feed(text)
+            if scan and complete:
+                self._report_cut()
+        if keep and self._live is not None:
+            self._live(text)
+
+    def _report_cut(self) -> None:
+        if self._cut:
+            self._to_log(f"[pytest-madengine] the line above is cut at {MAX_LOG_LINE} bytes: "
+                         f"{self._cut} more characters of it are not logged\n")
+            self._cut = 0
+
+    def _to_log(self, text: str) -> None:
+        if self.log_error:
+            return
+        try:
+            self._log.write(text)
+            self._log.flush()
+        except OSError as exc:
+            self.log_error = f"cannot write {self.log_path}: {exc.strerror or exc}"
+            self._close_log()
+
+    def _close_log(self) -> None:
+        try:
+            self._log.close()
+        except OSError as exc:  # the last flush, when the file system is full
+            self.log_error = self.log_error or f"cannot write {self.log_path}: {exc.strerror or exc}"
 
     def pump(self, stream: BinaryIO) -> None:
         """Copy a child's byte stream line by line until EOF."""
@@ -71,5 +110,7 @@ class OutputSink:
 
     def close(self) -> None:
         with self._lock:
-            if not self._log.closed:
-                self._log.close()
+            if not self._ended:
+                self._ended = True
+                self._report_cut()
+                self._close_log()

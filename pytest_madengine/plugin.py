@@ -333,6 +333,7 @@ class Reporter:
         # Only a session that reached its run loop owes selected models a result: a usage
         # error, --collect-only, --setup-only or --setup-plan ran nothing and must write nothing.
         self.loop_started = False
+        self.perf_errors: list[str] = []  # rows perf.csv could not take ("<model>: <why>")
         self.collection_error = ""
 
     @pytest.hookimpl(tryfirst=True)
@@ -363,6 +364,7 @@ class Reporter:
 
         missing = [n for n in self.expected if n not in self.seen]
         if not missing or not self.loop_started:
+            self._fail_on_lost_rows(session)
             return
         if self.collection_error and not self.config.option.continue_on_collection_errors:
             reason = f"not run: collection failed: {self.collection_error}"
@@ -381,6 +383,12 @@ class Reporter:
                 if self.started.get(nodeid) is not None:  # complete the testcase its worker opened
                     setattr(rep, "node", self.started[nodeid])  # noqa: B010
                 session.config.hook.pytest_runtest_logreport(report=rep)
+        self._fail_on_lost_rows(session)
+
+    def _fail_on_lost_rows(self, session: pytest.Session) -> None:
+        """A row perf.csv could not take is a lost result: the run must not exit 0."""
+        if self.perf_errors and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -398,7 +406,14 @@ class Reporter:
         self.seen.add(report.nodeid)
         self.results.append(result)
         if result.perf_row:
-            report_mod.append_perf_csv(self.perf_csv, report_mod.perf_rows(result, self.meta))
+            try:
+                report_mod.append_perf_csv(self.perf_csv, report_mod.perf_rows(result, self.meta))
+            except OSError as exc:  # its file system full: said once per model, and the run fails
+                self.perf_errors.append(f"{result.model}: {exc.strerror or exc}")
+                reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+                if reporter is not None:
+                    reporter.write_line(f"madengine: cannot write the perf.csv row of {result.model} to "
+                                        f"{self.perf_csv}: {exc.strerror or exc}")
         if self.config.getini("junit_family") not in ("xunit1", "legacy"):
             self._xunit2(report, result)
 
@@ -428,6 +443,9 @@ class Reporter:
         for line in report_mod.format_table(rows, ("model", "status", "performance", "metric", "delta")):
             terminalreporter.write_line(line)
         terminalreporter.write_line(f"perf.csv: {self.perf_csv}")
+        if self.perf_errors:
+            terminalreporter.write_line(f"perf.csv: {len(self.perf_errors)} row(s) could not be written: "
+                                        + "; ".join(self.perf_errors[:5]), red=True)
 
 
 report_mod = report

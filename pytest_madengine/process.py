@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 KILL_GRACE_S = 5.0
 SLICE_S = 0.1
@@ -83,3 +84,64 @@ def kill_now(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+# A model's process group outlives the pytest process that started it when that process is
+# SIGKILLed (an xdist worker lost to the OOM killer): nothing of ours is left to end it. So each
+# group is written down while it runs (a file named after it in a ledger folder: the owner's pid
+# and the model) and the next pytest process that looks (a replacement worker, the controller at
+# the end) ends the groups whose owner is gone.
+LEDGER = ".mad-groups"
+
+
+def record_group(folder: Path, pgid: int, model: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    entry = folder / str(pgid)
+    entry.write_text(f"{os.getpid()}\n{model}\n")
+    return entry
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _group_of(pgid: int, model: str) -> list[int]:
+    """The live members of group ``pgid`` that run ``model`` (a reused pid is someone else's)."""
+    mark = f"MAD_MODEL_NAME={model}".encode()
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            if mark in (entry / "environ").read_bytes().split(b"\0"):
+                members.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return members
+
+
+def sweep_orphan_groups(folder: Path) -> list[str]:
+    """End the recorded groups whose owner died; what was ended ("model (group N)")."""
+    ended: list[str] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return ended
+    for entry in entries:
+        try:
+            owner, model = entry.read_text().split("\n")[:2]
+            pgid = int(entry.name)
+            if _alive(int(owner)):
+                continue
+        except (OSError, ValueError):
+            continue
+        if _group_of(pgid, model):
+            kill_now(pgid)
+            ended.append(f"{model} (group {pgid})")
+        entry.unlink(missing_ok=True)
+    return ended

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_madengine import context as context_mod
+from pytest_madengine import process
 from pytest_madengine.context import Context
 from pytest_madengine.data import config as data_config
 from pytest_madengine.data import credentials as data_credentials
@@ -237,6 +238,7 @@ class MadSession:
         if self.executor.remote_gpus:  # the nodes' GPUs (SLURM's GPUS_PER_NODE), not this host's
             self.pool = gpus_mod.GpuPool(self.pool.vendor, (), "none", f"on the {self.executor.name} nodes")
         self.interrupts = Interrupts()
+        self.sweep_orphans()  # a replacement for a lost xdist worker ends what the lost one left running
         self.names_seen: dict[str, Path] = {}
         self.model_files: set[Path] = set()  # set by the plugin: what it collects
         self.tag_specs: list[TagSpec] = []  # --mad-tags, parsed
@@ -517,6 +519,9 @@ class MadSession:
             why = f"{kind}-script {name} exited {code}" + (" (timed out)" if code == 124 else "")
             result.properties[f"{kind}_script_failed"] = why
             result.fail(why, rows="drop" if kind == "pre" else "keep")
+        if sink.log_error:  # the run's record is incomplete (its file system full): never a quiet pass
+            result.fail(f"{result.reason}; {sink.log_error}" if result.status == FAILURE and result.reason
+                        else f"{sink.log_error}; the log is incomplete", rows="drop")
         if node is not None:  # this node's verdict; node 0 combines the ranks' values
             node.finish(result, outcome_ok=outcome.exit_code == 0 and not (outcome.problem or outcome.timed_out
                                                                       or outcome.interrupted),
@@ -683,5 +688,10 @@ class MadSession:
         with leases.take(n, on_wait=on_wait) as ids:
             yield ids
 
+    def sweep_orphans(self) -> list[str]:
+        """End the model process groups a killed pytest process (an xdist worker) left running."""
+        return process.sweep_orphan_groups(self.options.work_dir / process.LEDGER)
+
     def close(self) -> None:
+        self.sweep_orphans()
         self.executor.close()

@@ -20,6 +20,8 @@ COMPONENTS = {
     "metrics": ("results",), "report_columns": ("results",), "tools": ("core",),
     "data_providers": ("docker", "data"), "data_pure": ("data",),
     "build": ("docker",), "build_manifest": ("docker",),
+    "output": ("results",), "process_ledger": ("core",),
+    "faults": ("reliability",), "load": ("reliability",), "secrets": ("reliability",),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from abc import ABC, abstractmethod
@@ -52,9 +53,21 @@ class RunSpec:
 SECRET_MARKERS = ("PASSWORD", "TOKEN", "SECRET", "KEY", "CREDENTIAL")
 
 
+def marked_secrets(env: Mapping[str, str] | None = None) -> list[str]:
+    """Values the user marked secret: those of ``MAD_SECRETS*`` variables (longest first; a
+    1-3 character value would blank out ordinary text)."""
+    env = os.environ if env is None else env
+    return sorted({v for k, v in env.items() if k.startswith("MAD_SECRETS") and len(v) >= 4}, key=len, reverse=True)
+
+
 def shown_value(name: str, value: str) -> str:
-    """A value as a plan prints it: secret-looking names are masked."""
-    return "***" if any(m in name.upper() for m in SECRET_MARKERS) else value
+    """A value as a plan prints it: secret-looking names are masked, and so is any value the
+    user marked secret, whatever the name it is passed under."""
+    if any(m in name.upper() for m in SECRET_MARKERS):
+        return "***"
+    for secret in marked_secrets():
+        value = value.replace(secret, "***")
+    return value
 
 
 def render_env(env: Mapping[str, str], indent: str = "  ") -> list[str]:

@@ -57,6 +57,7 @@ class LocalExecutor(Executor):
         except OSError as exc:
             return RunOutcome(None, 0.0, problem=f"cannot start {argv[0]}: {exc.strerror or exc}")
         assert proc.stdout is not None
+        ledger = process.record_group(spec.run_dir.parent / process.LEDGER, proc.pid, spec.model.name)
         reader = threading.Thread(target=sink.pump, args=(proc.stdout,), daemon=True)
         reader.start()
         why = None
@@ -66,6 +67,7 @@ class LocalExecutor(Executor):
             process.kill_group(proc.pid, leader=proc)
         finally:
             process.kill_now(proc.pid)  # also when a second Ctrl-C lands in the grace period above
+            ledger.unlink(missing_ok=True)
         timed_out, interrupted = why == process.TIMED_OUT, why == process.CANCELLED
         proc.wait()
         reader.join(timeout=5)

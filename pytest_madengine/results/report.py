@@ -191,8 +191,7 @@ def _append_locked(fh: IO[bytes], path: Path, rows: Sequence[Mapping[str, str]])
         columns = list(PERF_COLUMNS) + _new_columns([], rows)  # a new, empty or blank file
         if size:
             fh.truncate(0)
-        fh.write(_csv_text(columns, columns, rows).encode("utf-8", "surrogateescape"))
-        fh.flush()
+        _write_all(fh, _csv_text(columns, columns, rows).encode("utf-8", "surrogateescape"), 0)
         return
     new = _new_columns(header, rows)
     if new:
@@ -200,9 +199,24 @@ def _append_locked(fh: IO[bytes], path: Path, rows: Sequence[Mapping[str, str]])
         return
     fh.seek(size - 1)
     lead = "" if fh.read(1) in (b"\n", b"\r") else "\n"  # a last line without its newline
-    fh.seek(0, io.SEEK_END)
-    fh.write((lead + _csv_text([], header, rows)).encode("utf-8", "surrogateescape"))
-    fh.flush()  # one write: concurrent appenders never interleave rows
+    _write_all(fh, (lead + _csv_text([], header, rows)).encode("utf-8", "surrogateescape"), size)
+
+
+def _write_all(fh: IO[bytes], data: bytes, undo_to: int) -> None:
+    """Append ``data`` under the lock, unbuffered; when it cannot all be written (a full
+    disk) the file is cut back to ``undo_to`` bytes, so no half row stays, and OSError is raised."""
+    fh.flush()
+    fd = fh.fileno()
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        try:
+            os.ftruncate(fd, undo_to)
+        except OSError:
+            pass
+        raise
 
 
 def _csv_text(header: Sequence[str], columns: Sequence[str], rows: Sequence[Mapping[str, str]]) -> str:

@@ -291,7 +291,7 @@ def test_live_output(pytester, repo):
 
 
 def test_huge_output_keeps_memory_bounded(pytester, repo):
-    # 50 MB with no newline, then many lines: log complete, tail bounded, still parsed
+    # 50 MB with no newline, then many lines: the long line cut in the log, the rest complete, still parsed
     repo.model("big", """
         #!/usr/bin/env bash
         head -c 50000000 /dev/zero | tr '\\0' 'x'
@@ -301,7 +301,10 @@ def test_huge_output_keeps_memory_bounded(pytester, repo):
     """)
     res = run(pytester, "--mad-tags=big")
     res.assert_outcomes(passed=1)
-    assert (pytester.path / "mad_logs" / "big.log").stat().st_size > 50_000_000
+    log = pytester.path / "mad_logs" / "big.log"
+    assert 1_000_000 < log.stat().st_size < 5_000_000
+    text = log.read_text()
+    assert "the line above is cut at 1048576 bytes" in text and "\n200000\nperformance: 7 x" in text
 
 
 def test_ctrl_c_still_reports_every_model(pytester, repo):

@@ -257,3 +257,16 @@ def test_orphan_sweep_skips_other_pid_namespaces(tmp_path: Path, monkeypatch: py
     ex.daemon._client = _FakeClient(api)
     assert sorted(ex.daemon.sweep_orphans()) == ["dead-here", "dead-legacy"]
     assert sorted(api.removed) == ["dead-here", "dead-legacy"]
+
+
+def test_a_stream_broken_by_a_dying_daemon_is_a_connection_error() -> None:
+    import http.client
+
+    import urllib3
+    from docker.errors import APIError
+
+    from pytest_madengine.executors.docker import daemon
+
+    broken = urllib3.exceptions.ProtocolError("Response ended prematurely", http.client.IncompleteRead(b""))
+    assert daemon.is_connection_error(broken) and daemon.is_connection_error(http.client.IncompleteRead(b""))
+    assert not daemon.is_connection_error(APIError("no such image")) and not daemon.is_connection_error(ValueError())

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 from pytest_madengine.context import Context
 from pytest_madengine.executors.base import RunSpec
 from pytest_madengine.executors.local import LocalExecutor, LocalPlan
@@ -37,3 +39,13 @@ def test_multi_node_plans_say_where_the_node_stands(tmp_path: Path) -> None:
     assert "  multi-node: node 1 of 2, rendezvous 10.0.0.1:29500, runner torchrun --nnodes 2 --node_rank 1" \
         in plan.render().splitlines()
     assert "MAD_GPU_IDS" in plan.render() and "MAD_GPU_IDS" not in plan.comparable()  # GPU ids aside
+
+
+def test_values_marked_secret_are_masked_under_any_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_madengine.executors.base import render_env, shown_value
+
+    monkeypatch.setenv("MAD_SECRETS_DB", "pa55word-xyz")
+    monkeypatch.setenv("MAD_SECRETS_SHORT", "ab")  # too short to mask safely
+    assert shown_value("DB_URL", "postgres://u:pa55word-xyz@db/x") == "postgres://u:***@db/x"
+    assert shown_value("HF_TOKEN", "anything") == "***" and shown_value("MODE", "ab") == "ab"
+    assert render_env({"A": "pa55word-xyz"}) == ["  A=***"]

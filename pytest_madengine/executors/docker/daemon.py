@@ -71,12 +71,17 @@ def daemon_error(exc: BaseException) -> ExecutorError:
 
 def is_connection_error(exc: BaseException) -> bool:
     """A transport failure (no daemon, connection dropped, timeout), as opposed to an API answer."""
+    import http.client
+
     import requests
+    import urllib3
     from docker.errors import APIError, DockerException
 
     if isinstance(exc, APIError):
         return False
-    if isinstance(exc, requests.exceptions.RequestException | ConnectionError | TimeoutError):
+    # A daemon dying while it streams (a build's output) breaks the chunked answer in urllib3 itself.
+    if isinstance(exc, requests.exceptions.RequestException | ConnectionError | TimeoutError
+                  | urllib3.exceptions.HTTPError | http.client.HTTPException):
         return True
     return isinstance(exc, DockerException) and "Error while fetching server API version" in str(exc)
 

@@ -45,7 +45,7 @@ from typing import Any
 from pytest_madengine import process
 from pytest_madengine.context import Context
 from pytest_madengine.errors import ExecutorError, UsageError
-from pytest_madengine.executors.base import SECRET_MARKERS, Cancel, Executor, Plan, RunOutcome, RunSpec, render_env
+from pytest_madengine.executors.base import Cancel, Executor, Plan, RunOutcome, RunSpec, render_env, shown_value
 from pytest_madengine.executors.slurm import args as args_mod
 from pytest_madengine.executors.slurm import batch as batch_mod
 from pytest_madengine.executors.slurm import deploy as deploy_mod
@@ -133,24 +133,54 @@ class SlurmPlan(Plan):
         out += [f"  note: {n}" for n in self.notes]
         if self.path == "framework":
             return [*out, "  environment added:", *render_env(self.env_added, "    ")]
-        masked = "\n".join(
-            line if "=" not in line or not any(m in line.split("=", 1)[0].upper() for m in SECRET_MARKERS)
-            else line.split("=", 1)[0] + "=***" for line in self.task_script.splitlines())
-        batch = "\n".join(_masked(line) for line in self.batch_script.splitlines())
+        masked = "\n".join(_masked_assignment(line) for line in self.task_script.splitlines())
+        batch = "\n".join(_masked_export(line) for line in self.batch_script.splitlines())
         out += ["  --- batch script ---", *("  " + ln for ln in batch.splitlines())]
         if not masked:
             return out
         return [*out, "  --- task script (run on every node) ---", *("  " + ln for ln in masked.splitlines())]
 
 
-def _masked(line: str) -> str:
-    """An ``export K=v`` line with a secret-looking K shows ``K=***``."""
+def _masked_export(line: str) -> str:
+    """An ``export K=v`` line of the batch script as a plan prints it (``shown_value``)."""
     if not line.startswith("export ") or "=" not in line:
         return line
-    name = line.split("=", 1)[0].removeprefix("export ").split()[-1]
-    if any(m in name.upper() for m in SECRET_MARKERS):
-        return line.split("=", 1)[0] + "=***"
-    return line
+    name, value = line.split("=", 1)
+    return f"{name}={shown_value(name.removeprefix('export ').split()[-1], value)}"
+
+
+def _masked_assignment(line: str) -> str:
+    """``export NAME=value`` as a plan prints it: the value masked as ``shown_value`` does."""
+    if "=" not in line:
+        return line
+    name, value = line.split("=", 1)
+    return f"{name}={shown_value(name, value)}"
+
+
+def _scrub_task_script(plan: batch_mod.BatchPlan | jobscript.DeployJob | None) -> None:
+    """The task script (and a slurm_multi batch script) exports the model's environment,
+    values included (0700 while the job runs). Once the job is over, the copies kept beside the
+    log have them masked as the plan prints them; replaced, not rewritten in place, so a node
+    still reading one keeps the old file."""
+    if plan is None:
+        return
+    paths = [plan.task_path]
+    if isinstance(plan, jobscript.DeployJob) and plan.kind == "slurm_multi":
+        paths.append(plan.batch_path)
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text()
+            masked = "\n".join(_masked_export(line) if line.startswith("export ") else _masked_assignment(line)
+                               for line in text.splitlines()) + "\n"
+            if masked != text:
+                tmp = path.with_name(path.name + ".masked")
+                tmp.write_text(masked)
+                tmp.chmod(0o700)
+                os.replace(tmp, path)
+        except OSError:
+            pass  # a shared file system gone away: the 0700 file stays as it was
 
 
 class SlurmExecutor(Executor):
@@ -594,6 +624,7 @@ class SlurmExecutor(Executor):
             props.update(got.properties)
             for warning in got.warnings:
                 sink.note(f"warning: {warning}")
+        _scrub_task_script(sub.plan)
         for w in sub.watches:
             self.poller.forget(w)
         duration = run_s or time.monotonic() - t0
