@@ -3,6 +3,9 @@
 # provider (the tests start their own sshd on a loopback port), and the user it logs in as.
 # moto's S3 server and the aws CLI come from the test extra (pyproject).
 set -euo pipefail
+# The daemons started here must not inherit our caller's descriptors: a `flock` lock held by
+# the caller would otherwise be held by dockerd (or slurmctld) for as long as it runs.
+for fd in $(ls /proc/$$/fd); do [ "$fd" -gt 2 ] && { exec {fd}>&-; } 2>/dev/null; done; unset fd
 if ! [ -x /usr/sbin/sshd ] || ! command -v sshpass >/dev/null || ! command -v rsync >/dev/null \
    || ! command -v sshfs >/dev/null; then
   apt-get update -qq

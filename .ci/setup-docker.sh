@@ -3,6 +3,9 @@
 # packages, a running dockerd, the base image, and two local registries.
 # Idempotent: every step checks first and skips what is already done.
 set -euo pipefail
+# The daemons started here must not inherit our caller's descriptors: a `flock` lock held by
+# the caller would otherwise be held by dockerd (or slurmctld) for as long as it runs.
+for fd in $(ls /proc/$$/fd); do [ "$fd" -gt 2 ] && { exec {fd}>&-; } 2>/dev/null; done; unset fd
 cd "$(dirname "$0")/.."
 source .ci/env.sh
 mkdir -p "$MAD_CI_STATE"

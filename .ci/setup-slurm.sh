@@ -5,6 +5,9 @@
 # Idempotent: every step checks first and skips what is already done; a changed config
 # restarts the daemons that read it. See shared/reference/slurm.md for the facts behind it.
 set -euo pipefail
+# The daemons started here must not inherit our caller's descriptors: a `flock` lock held by
+# the caller would otherwise be held by dockerd (or slurmctld) for as long as it runs.
+for fd in $(ls /proc/$$/fd); do [ "$fd" -gt 2 ] && { exec {fd}>&-; } 2>/dev/null; done; unset fd
 cd "$(dirname "$0")/.."
 
 NODES=${MAD_SLURM_NODES:-4}                 # n1..nN
