@@ -150,10 +150,11 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         session = MadSession(_options(config), config.getoption("mad_context_sources") or [], make_executor)
         tags = parse_tags(config.getoption("mad_tags"))
+        runs_images = session.executor.name == "slurm" and not (session.options.build_only or session.options.registry)
         if (session.options.build_only or session.options.manifest or session.options.use_image
-                or session.options.registry) and not hasattr(session.executor, "build_only"):
-            raise UsageError(f"--mad-build-only, --mad-registry, --mad-manifest and --mad-use-image need the docker "
-                             f"executor; this run uses {session.executor.name}")
+                or session.options.registry) and not (hasattr(session.executor, "build_only") or runs_images):
+            raise UsageError(f"--mad-build-only and --mad-registry need the docker executor, --mad-manifest and "
+                             f"--mad-use-image the docker or slurm one; this run uses {session.executor.name}")
         manifest = getattr(session.executor, "manifest", None)
         if manifest is not None and not tags:  # a manifest selects its own models
             tags = parse_tags([",".join(manifest.model_names)])

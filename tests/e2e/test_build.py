@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import socket
 import uuid
 import xml.etree.ElementTree as ET
@@ -351,3 +352,26 @@ def test_multi_node_run_pulls_the_manifest_image_on_every_node(project: BuildPro
         assert f"digest {entry['docker_sha']} verified" in build_log, build_log
         assert "on every node before the rendezvous" in node.out
         assert "Step 1/" not in node.out  # nothing built
+
+
+def test_a_slurm_job_runs_the_pushed_image_on_two_nodes(project: BuildProject, registries: None) -> None:
+    """Build once, then a SLURM job (slurm_args, 2 nodes) from the manifest: every node pulls
+    the image by its digest and runs the script in it; nothing is built on the nodes."""
+    if shutil.which("sbatch") is None:
+        unavailable("SLURM is not installed; run .ci/setup-slurm.sh")
+    m = project.built_model("slurmimg", "S2")
+    res = project.run("--mad-build-only", f"--mad-registry={OPEN_REGISTRY}/madbuild")
+    res.assert_outcomes(passed=1)
+    entry = next(iter(project.manifest()["built_images"].values()))
+    project.remove_local()
+    ctx = project.context(slurm_args={"PARTITION": "debug", "TIME": "2", "NODES": 2})
+    res = project.run("--mad-manifest=build_manifest.json", "--mad-executor=slurm", tags="", context=ctx)
+    res.assert_outcomes(passed=1)
+    log = project.log(m)
+    pinned = entry["registry_image"].rsplit(":", 1)[0] + "@" + entry["docker_sha"]
+    assert f"docker pull {pinned}" in log, log
+    for rank in (0, 1):
+        assert f"node {rank} pulls {entry['registry_image']}" in log, log
+    assert log.count("S2") >= 2, log  # /built-by.txt of the pushed image, read on both nodes
+    row = project.perf()[-1]
+    assert row["status"] == "SUCCESS" and row["performance"] == "7.5", row

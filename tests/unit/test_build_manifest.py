@@ -182,7 +182,7 @@ def test_secrets_endpoint_serves_only_with_the_token_and_only_during_the_build()
     (["--mad-build-jobs=2"], "--mad-build-jobs needs --mad-build-only"),
     (["--mad-build-only", "--mad-build-jobs=-1"], "--mad-build-jobs: -1 is not a number of builds"),
     (["--mad-target-archs=gfx942"], "--mad-target-archs needs --mad-build-only"),
-    (["--mad-build-only", "--mad-executor=local"], "need the docker executor; this run uses local"),
+    (["--mad-build-only", "--mad-executor=local"], "need the docker executor, --mad-manifest and --mad-use-image the docker or slurm one; this run uses local"),
     (["--mad-executor=docker", "--mad-manifest=none.json"], "--mad-manifest: */none.json does not exist"),
     (["--mad-executor=docker", "--mad-registry=bad host"], "--mad-registry: 'bad host' is not HOST"),
 ])

@@ -171,3 +171,14 @@ def test_executor_reports_unexportable_names_as_the_models_problem(
         ex.plan(spec)
     assert str(info.value).startswith(f"model 'zoo/bert': {field}: environment variable name {bad!r} cannot be exported")
     assert not (tmp_path / "logs" / "zoo" / "bert.slurm" / "task.sh").exists()
+
+
+def test_each_node_pulls_the_manifest_image_before_its_container() -> None:
+    pull = "docker pull r:5000/ci-m@sha256:ab || { echo 'cannot pull' >&2; exit 1; }\ndocker tag r:5000/ci-m@sha256:ab r:5000/ci-m:h\n"
+    text = task_script(plan(docker_image="r:5000/ci-m:h", node_pull=pull))
+    lines = text.splitlines()
+    at_pull = lines.index("docker pull r:5000/ci-m@sha256:ab || { echo 'cannot pull' >&2; exit 1; }")
+    at_run = next(i for i, ln in enumerate(lines) if ln.startswith("docker run"))
+    assert 'echo "pytest-madengine: node $NODE_RANK pulls r:5000/ci-m:h"' in lines
+    assert at_pull < at_run and "r:5000/ci-m:h" in lines[at_run]
+    assert "docker pull" not in task_script(plan(docker_image="r:5000/ci-m:h"))

@@ -48,6 +48,7 @@ class BatchPlan:
     workspace: Path = Path("/")
     path_prefix: str = ""  # prepended to PATH on the node (the submitting Python's bin/)
     data_mounts: tuple[tuple[str, bool], ...] = ()  # (host folder, read-only): served data, same path inside
+    node_pull: str = ""  # lines each node runs before its container: pull docker_image by digest (a manifest)
 
     @property
     def batch_path(self) -> Path:
@@ -175,6 +176,8 @@ def task_script(plan: BatchPlan) -> str:
         docker += ["--device", "/dev/kfd", "--device", "/dev/dri", "--group-add", "video"]
     elif plan.gpus_per_node > 0 and plan.gpu_vendor == "NVIDIA":
         docker += ["--gpus", "all"]
+    if plan.node_pull:  # every node pulls the manifest's image by digest: the registry's content is checked
+        lines += [f'echo "pytest-madengine: node $NODE_RANK pulls {plan.docker_image}"', *plan.node_pull.splitlines()]
     lines += [
         'NAME=mad-slurm-"$SLURM_JOB_ID"-node"$NODE_RANK"',
         "# scancel/TIMEOUT signal this script: the container goes with it.",

@@ -46,6 +46,7 @@ from pytest_madengine import process
 from pytest_madengine.context import Context
 from pytest_madengine.errors import ExecutorError, UsageError
 from pytest_madengine.executors.base import Cancel, Executor, Plan, RunOutcome, RunSpec, render_env, shown_value
+from pytest_madengine.executors.docker import manifest as manifest_mod
 from pytest_madengine.executors.slurm import args as args_mod
 from pytest_madengine.executors.slurm import batch as batch_mod
 from pytest_madengine.executors.slurm import deploy as deploy_mod
@@ -205,6 +206,15 @@ class SlurmExecutor(Executor):
         self.options = options
         self.context = context
         self.run_id = run_id
+        # Build once, run many: jobs run the manifest's (or --mad-use-image's) image, pulled on
+        # every node by digest; the nodes never build.
+        path = getattr(options, "manifest", None)
+        self.manifest: manifest_mod.Manifest | None = manifest_mod.load(Path(path)) if path else None
+        self.use_image: str = getattr(options, "use_image", "") or ""
+        if (self.manifest is not None or self.use_image) and self.args is None:
+            raise UsageError("--mad-manifest and --mad-use-image run SLURM jobs through the context key 'slurm_args' "
+                             "(the task runs in the image on every node); the 'slurm' key's jobs run on the nodes' "
+                             "hosts and cannot use them yet")
         self.poller = poller or poller_mod.shared()
         where = "slurm_args" if self.args is not None else "slurm"
         try:
@@ -256,11 +266,25 @@ class SlurmExecutor(Executor):
         return spec.workspace / "scripts" / self.args.framework / "run.sh"
 
     # ---- plans (data, no side effects)
+    def job_image(self, spec: RunSpec) -> tuple[str, str]:
+        """(image the task runs in, the lines that pull it on a node): the manifest's entry,
+        --mad-use-image, or slurm_args' DOCKER_IMAGE. Raises ExecutorError."""
+        assert self.args is not None
+        if self.manifest is not None:
+            entry = self.manifest.image_for(spec.model.name, spec.env.get("MAD_SYSTEM_GPU_ARCHITECTURE", ""))
+            pull = entry.node_pull()
+            if pull is None:
+                raise ExecutorError(f"--mad-manifest {self.manifest.path} entry '{entry.key}': the image was never "
+                                    "pushed to a registry, so the SLURM nodes cannot get it (build with --mad-registry)")
+            return pull.reference, pull.script()
+        return self.use_image or self.args.docker_image, ""
+
     def batch_plan(self, spec: RunSpec) -> batch_mod.BatchPlan:
         a = self.args
         assert a is not None
+        image, pull = self.job_image(spec)
         argv = list(spec.argv)
-        if argv and argv[0] == "python3" and not a.docker_image:
+        if argv and argv[0] == "python3" and not image:
             argv[0] = sys.executable  # the same Python, on the shared file system
         argv = list(spec.command(argv))
         return batch_mod.BatchPlan(
@@ -268,9 +292,9 @@ class SlurmExecutor(Executor):
             node_dir=self.node_dir(spec.model.name), argv=tuple(argv), env=dict(spec.env), nodes=a.nodes,
             gpus_per_node=a.gpus_for(spec.model.n_gpus), partition=a.partition, time=a.time,
             account=a.account, qos=a.qos, nodelist=a.nodelist, exclude=a.exclude,
-            extra_sbatch=a.extra_sbatch, docker_image=a.docker_image, gpu_vendor=spec.gpu_vendor,
+            extra_sbatch=a.extra_sbatch, docker_image=image, node_pull=pull, gpu_vendor=spec.gpu_vendor,
             workspace=spec.workspace,
-            path_prefix="" if a.docker_image else os.path.dirname(sys.executable),
+            path_prefix="" if image else os.path.dirname(sys.executable),
             data_mounts=tuple((host, readonly) for host, _, readonly in spec.data_mounts),
         )
 
