@@ -163,10 +163,10 @@ def test_credentials_never_reach_logs_junit_perf_csv_or_the_container(
     res = run(pytester, "docker", "data_demo", ctx, "--mad-keep-alive", "-rA")
     try:
         res.assert_outcomes(passed=2)  # the NAS over sshfs, bind-mounted into the container; S3 synced
-        inspected = [c.attrs for c in client.containers.list(all=True, filters={"label": "org.pytest-madengine.keep-alive"})
+        inspected = [c.attrs for c in client.containers.list(all=True, filters={"label": "org.pytest-madengine.keep-alive"}, ignore_removed=True)
                      if str(zoo) in json.dumps(c.attrs.get("Mounts", []))]
     finally:
-        for c in client.containers.list(all=True, filters={"label": "org.pytest-madengine.keep-alive"}):
+        for c in client.containers.list(all=True, filters={"label": "org.pytest-madengine.keep-alive"}, ignore_removed=True):
             if str(zoo) in json.dumps(c.attrs.get("Mounts", [])):
                 c.remove(force=True)
     assert len(inspected) == 2

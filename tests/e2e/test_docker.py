@@ -109,7 +109,7 @@ class Project:
         return self.client.containers.list(all=True, filters={"label": f"{dplan.LABEL_MODEL}={model}"})
 
     def cleanup(self) -> None:
-        for c in self.client.containers.list(all=True, filters={"label": dplan.LABEL_MODEL}):
+        for c in self.client.containers.list(all=True, filters={"label": dplan.LABEL_MODEL}, ignore_removed=True):
             if self.token in c.labels.get(dplan.LABEL_MODEL, ""):
                 c.remove(force=True)
         for image in self.client.images.list(filters={"label": dplan.LABEL_HASH}):

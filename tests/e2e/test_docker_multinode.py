@@ -73,7 +73,7 @@ def torch_image(client: Any) -> Iterator[str]:
 
 
 def _cleanup(client: Any, token: str) -> None:
-    for c in client.containers.list(all=True, filters={"label": dplan.LABEL_MODEL}):
+    for c in client.containers.list(all=True, filters={"label": dplan.LABEL_MODEL}, ignore_removed=True):
         if token in c.labels.get(dplan.LABEL_MODEL, ""):
             c.remove(force=True)
     for image in client.images.list(filters={"label": dplan.LABEL_HASH}):

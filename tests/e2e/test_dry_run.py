@@ -57,7 +57,7 @@ def test_docker_dry_run_builds_and_starts_nothing(pytester: pytest.Pytester, rep
     name = f"dryrun_{os.getpid()}"
     repo.model(name, PERF_OK, additional_docker_run_options="-e HF_TOKEN=canary-456 --shm-size 1g")
     ctx = json.dumps({"docker_build_arg": {"BASE_DOCKER": DOCKER_BASE}})
-    before = {c.id for c in client.containers.list(all=True)}
+    before = {c.id for c in client.containers.list(all=True, ignore_removed=True)}
     res = pytester.runpytest("-p", "no:cacheprovider", f"--mad-tags={name}", "--mad-executor=docker",
                              f"--mad-context={ctx}", "--mad-dry-run", "-s")
     res.assert_outcomes(skipped=1)
@@ -66,7 +66,7 @@ def test_docker_dry_run_builds_and_starts_nothing(pytester: pytest.Pytester, rep
     assert f"image: ci-{name}_test.ubuntu.any" in block and f"container: container_ci-{name}_test.ubuntu.any" in block
     assert "working dir: /myworkspace/mad_work/" in block and "canary-456" not in out
     nothing_written(pytester.path)
-    assert {c.id for c in client.containers.list(all=True)} == before
+    assert {c.id for c in client.containers.list(all=True, ignore_removed=True)} == before
     assert not client.images.list(name=f"ci-{name}_test.ubuntu.any")
 
 

@@ -37,7 +37,7 @@ ALL_ITEMS = 13  # 12 models, one of them twice (two matching Dockerfiles)
 def zoo(pytester: pytest.Pytester, client: Any) -> Iterator[Path]:
     shutil.copytree(ZOO, pytester.path, dirs_exist_ok=True)
     yield pytester.path
-    for c in client.containers.list(all=True, filters={"label": "org.pytest-madengine.run-id"}):
+    for c in client.containers.list(all=True, filters={"label": "org.pytest-madengine.run-id"}, ignore_removed=True):
         if str(pytester.path) in json.dumps(c.attrs.get("Mounts", [])):
             c.remove(force=True)
 

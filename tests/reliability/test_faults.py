@@ -250,7 +250,7 @@ class DockerCell:
         from pytest_madengine.executors.docker import plan as dplan
 
         try:
-            found = self.client.containers.list(all=True, filters={"label": dplan.LABEL_MODEL})
+            found = self.client.containers.list(all=True, filters={"label": dplan.LABEL_MODEL}, ignore_removed=True)
         except Exception as exc:  # noqa: BLE001
             return [f"cannot list containers: {exc}"]
         return [f"{c.name} ({c.status})" for c in found if self.project.token in c.labels.get(dplan.LABEL_MODEL, "")]
@@ -258,7 +258,7 @@ class DockerCell:
     def build_containers(self) -> list[str]:
         """Intermediate containers of a legacy build of ours (a RUN step that was cut short)."""
         out = []
-        for c in self.client.containers.list(all=True):
+        for c in self.client.containers.list(all=True, ignore_removed=True):
             env = (c.attrs.get("Config") or {}).get("Env") or []
             if f"MAD_E2E_TOKEN={self.project.token}" in env:
                 out.append(c.name)
@@ -269,7 +269,7 @@ class DockerCell:
 
         try:
             c = docker.DockerClient.from_env(timeout=60)
-            for x in c.containers.list(all=True):
+            for x in c.containers.list(all=True, ignore_removed=True):
                 if self.project.token in x.name or self.project.token in json.dumps(x.labels):
                     x.remove(force=True)
             for image in c.images.list():
