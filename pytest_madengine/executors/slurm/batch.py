@@ -27,8 +27,32 @@ RENDEZVOUS_PORT_BASE = 20000  # + job id % 10000: distinct for concurrent jobs, 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+class JobFiles:
+    """Where a job's files lie in its folder: the scripts, per-node outputs, end markers. One
+    layout for every kind of job, since the batch script's traps and the poller both rely on it."""
+
+    job_dir: Path
+
+    @property
+    def batch_path(self) -> Path:
+        return self.job_dir / "job.sbatch"
+
+    @property
+    def task_path(self) -> Path:
+        return self.job_dir / "task.sh"
+
+    def marker(self, job_id: str) -> Path:
+        return self.job_dir / f"{job_id}.done"
+
+    def node_output(self, job_id: str, rank: int) -> Path:
+        return self.job_dir / f"{job_id}.node{rank}.out"
+
+    def batch_output(self, job_id: str) -> Path:
+        return self.job_dir / f"{job_id}.batch.out"
+
+
 @dataclass(frozen=True)
-class BatchPlan:
+class BatchPlan(JobFiles):
     job_name: str
     job_dir: Path  # scripts, per-node outputs, end markers
     node_dir: Path  # node k runs in node_dir/node<k> (copies of the run folder)
@@ -49,23 +73,6 @@ class BatchPlan:
     path_prefix: str = ""  # prepended to PATH on the node (the submitting Python's bin/)
     data_mounts: tuple[tuple[str, bool], ...] = ()  # (host folder, read-only): served data, same path inside
     node_pull: str = ""  # lines each node runs before its container: pull docker_image by digest (a manifest)
-
-    @property
-    def batch_path(self) -> Path:
-        return self.job_dir / "job.sbatch"
-
-    @property
-    def task_path(self) -> Path:
-        return self.job_dir / "task.sh"
-
-    def marker(self, job_id: str) -> Path:
-        return self.job_dir / f"{job_id}.done"
-
-    def node_output(self, job_id: str, rank: int) -> Path:
-        return self.job_dir / f"{job_id}.node{rank}.out"
-
-    def batch_output(self, job_id: str) -> Path:
-        return self.job_dir / f"{job_id}.batch.out"
 
 
 def job_name(run_id: str, model: str) -> str:

@@ -135,19 +135,11 @@ class SlurmPlan(Plan):
         if self.path == "framework":
             return [*out, "  environment added:", *render_env(self.env_added, "    ")]
         masked = "\n".join(_masked_assignment(line) for line in self.task_script.splitlines())
-        batch = "\n".join(_masked_export(line) for line in self.batch_script.splitlines())
+        batch = "\n".join(_masked_assignment(line) for line in self.batch_script.splitlines())
         out += ["  --- batch script ---", *("  " + ln for ln in batch.splitlines())]
         if not masked:
             return out
         return [*out, "  --- task script (run on every node) ---", *("  " + ln for ln in masked.splitlines())]
-
-
-def _masked_export(line: str) -> str:
-    """An ``export K=v`` line of the batch script as a plan prints it (``shown_value``)."""
-    if not line.startswith("export ") or "=" not in line:
-        return line
-    name, value = line.split("=", 1)
-    return f"{name}={shown_value(name.removeprefix('export ').split()[-1], value)}"
 
 
 def _masked_assignment(line: str) -> str:
@@ -156,6 +148,13 @@ def _masked_assignment(line: str) -> str:
         return line
     name, value = line.split("=", 1)
     return f"{name}={shown_value(name, value)}"
+
+
+def _node_folders(run_dir: Path, node_dir: Path, copies: int) -> None:
+    """A fresh copy of the run folder per node (``node_dir/node<k>``, a shared file system)."""
+    shutil.rmtree(node_dir, ignore_errors=True)
+    for rank in range(copies):
+        shutil.copytree(run_dir, node_dir / f"node{rank}", symlinks=True)
 
 
 def _scrub_task_script(plan: batch_mod.BatchPlan | jobscript.DeployJob | None) -> None:
@@ -173,8 +172,7 @@ def _scrub_task_script(plan: batch_mod.BatchPlan | jobscript.DeployJob | None) -
             continue
         try:
             text = path.read_text()
-            masked = "\n".join(_masked_export(line) if line.startswith("export ") else _masked_assignment(line)
-                               for line in text.splitlines()) + "\n"
+            masked = "\n".join(_masked_assignment(line) for line in text.splitlines()) + "\n"
             if masked != text:
                 tmp = path.with_name(path.name + ".masked")
                 tmp.write_text(masked)
@@ -452,22 +450,13 @@ class SlurmExecutor(Executor):
             return
         batch_text, task_text = splan.batch_script, splan.task_script
         # Every node runs in its own copy of the run folder (shared file system).
-        shutil.rmtree(plan.node_dir, ignore_errors=True)
-        for rank in range(plan.nodes):
-            shutil.copytree(spec.run_dir, plan.node_dir / f"node{rank}", symlinks=True)
+        _node_folders(spec.run_dir, plan.node_dir, plan.nodes)
         plan.batch_path.write_text(batch_text)
         plan.task_path.write_text(task_text)
         plan.task_path.chmod(0o700)  # it holds the model's environment
         argv = list(splan.argv)
-        sub.submitted = time.time()
-        try:
-            out = self.poller.controller.run(argv)
-        except poller_mod.ControllerError as exc:
-            sub.problem = f"sbatch refused the job: {str(exc).removeprefix('sbatch: ')}"
-            return
-        job_id = out.strip().splitlines()[-1].split(";")[0].strip() if out.strip() else ""
-        if not job_id.isdigit():
-            sub.problem = f"sbatch --parsable printed no job id: {out.strip()[:200]!r}"
+        job_id = self._sbatch(argv, sub)
+        if job_id is None:
             return
         sub.notes.append(f"SLURM job {job_id} submitted ({plan.nodes} node(s), partition {plan.partition}, "
                          f"time {plan.time}); batch script {plan.batch_path}")
@@ -496,9 +485,7 @@ class SlurmExecutor(Executor):
                 return
             exclude = preflight.excluded(job.settings, verdict)
         # Every node runs in its own copy of the run folder (shared file system).
-        shutil.rmtree(job.node_dir, ignore_errors=True)
-        for rank in range(job.copies):
-            shutil.copytree(spec.run_dir, job.node_dir / f"node{rank}", symlinks=True)
+        _node_folders(spec.run_dir, job.node_dir, job.copies)
         job.batch_path.write_text(splan.batch_script)
         job.batch_path.chmod(0o700 if job.kind == "slurm_multi" else 0o644)  # slurm_multi's holds the environment
         if splan.task_script:
@@ -507,19 +494,26 @@ class SlurmExecutor(Executor):
         argv = list(splan.argv)
         if exclude:  # the command line wins over the script's #SBATCH --exclude
             argv[2:2] = [f"--exclude={exclude}"]
+        job_id = self._sbatch(argv, sub)
+        if job_id is None:
+            return
+        sub.notes.append(f"SLURM job {job_id} submitted ({job.nodes} node(s), partition {job.partition}, "
+                         f"time {job.time}, launcher {job.launcher}); batch script {job.batch_path}")
+        self._watch(sub, job_id, job.job_name, job.marker(job_id))
+
+    def _sbatch(self, argv: list[str], sub: Submission) -> str | None:
+        """Submit with ``sbatch --parsable``: the job id, or None with ``sub.problem`` set."""
         sub.submitted = time.time()
         try:
             out = self.poller.controller.run(argv)
         except poller_mod.ControllerError as exc:
             sub.problem = f"sbatch refused the job: {str(exc).removeprefix('sbatch: ')}"
-            return
+            return None
         job_id = out.strip().splitlines()[-1].split(";")[0].strip() if out.strip() else ""
         if not job_id.isdigit():
             sub.problem = f"sbatch --parsable printed no job id: {out.strip()[:200]!r}"
-            return
-        sub.notes.append(f"SLURM job {job_id} submitted ({job.nodes} node(s), partition {job.partition}, "
-                         f"time {job.time}, launcher {job.launcher}); batch script {job.batch_path}")
-        self._watch(sub, job_id, job.job_name, job.marker(job_id))
+            return None
+        return job_id
 
     def _start_framework(self, splan: SlurmPlan, sub: Submission, cancel: Cancel) -> None:
         assert self.args is not None

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pytest_madengine.executors.slurm.batch import _sbatch_value
+from pytest_madengine.executors.slurm.batch import JobFiles, _sbatch_value
 from pytest_madengine.executors.slurm.deploy import SlurmSettings
 
 # Hosts are known only in the job: the launcher gets addresses from 240.0.0.0/4 (reserved,
@@ -55,7 +55,7 @@ class NodeForm:
 
 
 @dataclass(frozen=True)
-class DeployJob:
+class DeployJob(JobFiles):
     kind: str  # tasks | slurm_multi
     job_name: str
     job_dir: Path  # batch script, task script, outputs, end markers
@@ -84,23 +84,6 @@ class DeployJob:
     @property
     def partition(self) -> str:
         return self.settings.partition or "(default)"
-
-    @property
-    def batch_path(self) -> Path:
-        return self.job_dir / "job.sbatch"
-
-    @property
-    def task_path(self) -> Path:
-        return self.job_dir / "task.sh"
-
-    def marker(self, job_id: str) -> Path:
-        return self.job_dir / f"{job_id}.done"
-
-    def node_output(self, job_id: str, rank: int) -> Path:
-        return self.job_dir / f"{job_id}.node{rank}.out"
-
-    def batch_output(self, job_id: str) -> Path:
-        return self.job_dir / f"{job_id}.batch.out"
 
 
 def shell_word(value: str) -> str:
