@@ -5,6 +5,7 @@ joined; rank 0 prints the run's throughput (all ranks' samples per second)."""
 import argparse
 import os
 import socket
+import sys
 import time
 
 import torch
@@ -70,9 +71,13 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     if rank == 0:
         print(f"performance: {world * args.steps * args.batch_size / elapsed:.2f} samples_per_second", flush=True)
-    # No destroy_process_group(): the barrier above is the last collective and the exit frees the
-    # rest. torch 2.13's gloo teardown aborts (SIGABRT) when two "nodes" share a host name and PID
-    # numbers, as containers with host networking on one machine do, and leaves rank 0 hanging.
+    # Every rank is past its last collective (the barrier above). Leave without running
+    # destructors: torch 2.13's gloo teardown at interpreter exit aborts now and then
+    # ("terminate called without an active exception", SIGABRT) when the ranks share a host name
+    # (network namespaces, containers on one host), which turns a finished run into a failure.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

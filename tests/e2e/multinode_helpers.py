@@ -154,29 +154,9 @@ def show(nodes: list[Node]) -> str:
     return "\n".join(f"--- node {n.rank} rc={n.rc} ---\n{n.out[-4000:]}" for n in nodes)
 
 
-# The end of the demo's train.py, as copied for tests that must not see its teardown: main()
-# ends with a barrier (every rank is past its last collective), then the output is flushed and
-# the process leaves without running destructors. torch 2.13's gloo teardown at interpreter exit
-# aborts now and then ("terminate called without an active exception", SIGABRT) when the ranks
-# are containers on one host, which share its host name and PID numbers.
-_MAIN_CALL = 'if __name__ == "__main__":\n    main()\n'
-_MAIN_CALL_HARD_EXIT = ('if __name__ == "__main__":\n    main()\n'
-                        "    sys.stdout.flush()\n    sys.stderr.flush()\n"
-                        "    os._exit(0)  # test copy: skip gloo's teardown (see tests/e2e/multinode_helpers.py)\n")
-
-
-def copy_demo(project: Path, name: str = "dummy_torchrun", *, hard_exit: bool = False) -> None:
-    """Copy ``scripts/<name>`` into ``project``; ``hard_exit``: the copied train.py ends with
-    ``os._exit(0)`` after main() returns (a failed check still exits non-zero)."""
+def copy_demo(project: Path, name: str = "dummy_torchrun") -> None:
+    """Copy ``scripts/<name>`` into ``project``."""
     shutil.copytree(REPO_ROOT / "scripts" / name, project / "scripts" / name)
-    if hard_exit:
-        train = project / "scripts" / name / "train.py"
-        text = train.read_text()
-        assert text.count(_MAIN_CALL) == 1 and text.endswith(_MAIN_CALL), f"{train} no longer ends in main()"
-        text = text.replace(_MAIN_CALL, _MAIN_CALL_HARD_EXIT)
-        if "\nimport sys\n" not in text:
-            text = text.replace("\nimport os\n", "\nimport os\nimport sys\n", 1)
-        train.write_text(text)
 
 
 class NetnsPair:

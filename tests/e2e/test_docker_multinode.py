@@ -87,7 +87,7 @@ def _cleanup(client: Any, token: str) -> None:
 def test_two_containers_rendezvous(pytester: pytest.Pytester, client: Any, torch_image: str, tmp_path: Path) -> None:
     token = uuid.uuid4().hex[:8]
     path = pytester.path
-    copy_demo(path, hard_exit=True)  # ranks in containers: no gloo teardown at exit (see the helper)
+    copy_demo(path)
     (path / "docker").mkdir()
     (path / "docker" / "torch.ubuntu.any.Dockerfile").write_text(
         f"# CONTEXT {{'guest_os': 'UBUNTU'}}\nARG BASE_DOCKER\nFROM ${{BASE_DOCKER}}\nENV MAD_E2E_TOKEN={token}\n")

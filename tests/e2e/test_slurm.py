@@ -47,7 +47,8 @@ ALLREDUCE_PY = """
     print(f"rank {rank} of {world} on node {os.environ['SLURMD_NODENAME']}: sum {t.item():g}", flush=True)
     if rank == 0:
         print(f"performance: {t.item():g} allreduce_sum", flush=True)
-    dist.destroy_process_group()
+    dist.barrier()
+    os._exit(0)  # no gloo teardown at exit: see scripts/dummy_torchrun/train.py
 """
 
 

@@ -54,7 +54,8 @@ STANDIN_PY = """
         print(f"[rank{rank}]: performance: {10 + rank} samples_per_second", flush=True)
     elif rank == 0:
         print(f"performance: {t.item():g} allreduce_sum", flush=True)
-    dist.destroy_process_group()
+    dist.barrier()
+    os._exit(0)  # no gloo teardown at exit: see scripts/dummy_torchrun/train.py
 """
 
 
