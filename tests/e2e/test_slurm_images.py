@@ -218,3 +218,17 @@ def test_a_local_data_providers_folder_is_in_the_container(deployed: Deployed) -
     assert row["status"] == "SUCCESS" and row["performance"] == "3", (row, log[-2000:])
     assert (row["dataname"], row["data_provider_type"]) == (f"{deployed.token}_words", "local")
     assert f"datahome {deployed.path / 'words'} image {deployed.token}" in log and "writable" not in log
+
+
+def test_dry_run_prints_the_job_that_runs_in_the_image(pytester: pytest.Pytester, cluster: None) -> None:
+    ModelRepo(pytester.path).model("madslurmimg_plan", "echo 'performance: 1 x'\n", slurm={"nodes": 2},
+                                   distributed={"launcher": "torchtitan"})
+    image = f"{REGISTRY}/madslurmimg/never-pulled:1"
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--mad-tags=madslurmimg_plan", "--mad-dry-run",
+                                        f"--mad-use-image={image}", "--mad-context",
+                                        repr({"slurm": {"partition": PARTITION, "time": "3"}}), timeout=60)
+    out = res.stdout.str()
+    assert "--- batch script ---" in out and "--- task script (run on every node) ---" in out, out
+    assert f"docker pull {image} ||" in out and "-e TORCHTITAN_PIPELINE_PARALLEL_SIZE" in out
+    assert 'NAME=mad-slurm-"$SLURM_JOB_ID"-node"$SLURM_NODEID"' in out and "exit $rc" in out
+    assert not list(pytester.path.glob("mad_logs/**/job.sbatch"))  # nothing written, nothing submitted
