@@ -36,11 +36,10 @@ from typing import Any
 import pytest
 
 from .conftest import DOCKER_BASE, ModelRepo
-from .test_docker_multinode import torch_image
 from .test_slurm import PARTITION, _unavailable, cluster, props
 
 pytestmark = [pytest.mark.slurm, pytest.mark.docker]
-__all__ = ["cluster", "torch_image"]
+__all__ = ["cluster"]
 REGISTRY = os.environ.get("MAD_TEST_REGISTRY", "127.0.0.1:5000")
 
 STANDIN = """
@@ -166,7 +165,9 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, client: Any, torch_image:
         t0 = time.monotonic()
         res = pytest_run(path, "--mad-manifest=build_manifest.json", "--mad-context", repr(ctx), "-o",
                          "junit_family=xunit1", "--junitxml=junit.xml", timeout=400)
-        yield Deployed(token, path, res.stdout + res.stderr, {"build": built, "run": time.monotonic() - t0})
+        took = {"build": built, "run": time.monotonic() - t0}
+        print(f"\nslurm images: build phase {took['build']:.1f} s, run {took['run']:.1f} s")
+        yield Deployed(token, path, res.stdout + res.stderr, took)
     finally:
         remove_tagged(client, token)
 
