@@ -124,11 +124,12 @@ class NodePull:
     def argv(self) -> list[list[str]]:
         return [["docker", "pull", self.pinned], ["docker", "tag", self.pinned, self.reference]]
 
-    def script(self) -> str:
-        """Lines for a generated shell script (every word quoted): pull or fail, naming the digest."""
+    def script(self, who: str = "") -> str:
+        """Lines for a generated shell script (every word quoted): pull or fail, naming the digest.
+        ``who``: a shell word put before the message (a SLURM node names itself)."""
         pull, tag = (shlex.join(a) for a in self.argv())
-        why = shlex.quote(f"cannot pull {self.pinned}: the registry does not hold the image the manifest names")
-        return f"{pull} || {{ echo {why} >&2; exit 1; }}\n{tag}\n"
+        why = shlex.quote(f"cannot pull {self.pinned} (the image the manifest names, by its digest)")
+        return f"{pull} || {{ echo {who}{why} >&2; exit 1; }}\n{tag} || exit 1\n"
 
 
 @dataclass(frozen=True)
