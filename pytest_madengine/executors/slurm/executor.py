@@ -273,14 +273,9 @@ class SlurmExecutor(Executor):
                 raise ExecutorError(f"--mad-manifest {self.manifest.path} entry '{entry.key}': the image was never "
                                     "pushed to a registry, so the SLURM nodes cannot get it (build with --mad-registry)")
             return container_mod.NodeImage(pull.reference, pull, f"--mad-manifest entry '{entry.key}'")
-        if self.use_image == "auto":
-            name = str(spec.model.env_vars.get("DOCKER_IMAGE_NAME") or "")
-            if not name:
-                raise ExecutorError(f"--mad-use-image auto: model '{spec.model.name}' has no env_vars.DOCKER_IMAGE_NAME "
-                                    "(models.json field 'env_vars') to run in")
-            return container_mod.NodeImage(name, source="--mad-use-image auto (the card's DOCKER_IMAGE_NAME)")
         if self.use_image:
-            return container_mod.NodeImage(self.use_image, source="--mad-use-image")
+            name, source = manifest_mod.use_image(self.use_image, spec.model.name, spec.model.env_vars)
+            return container_mod.NodeImage(name, source=source)
         if self.args is not None and self.args.docker_image:
             return container_mod.NodeImage(self.args.docker_image, source="slurm_args DOCKER_IMAGE")
         given = self.context.get("MAD_CONTAINER_IMAGE")
