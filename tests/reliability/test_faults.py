@@ -606,7 +606,9 @@ def big_image_storage() -> tuple[Path, str]:
     link = folder / "data/docker/registry/v2/repositories" / BIG_REPO / "_manifests/tags" / tag / "current/link"
     if not link.exists():  # written last by the registry, after every blob
         import io
+        import shutil
 
+        shutil.rmtree(folder, ignore_errors=True)  # an image of an older base: one copy on disk, not one per base
         addr, proc = serve_registry(folder)
         ref = f"{addr}/{BIG_REPO}:{tag}"
         dockerfile = f"FROM {BASE}\nRUN head -c {BIG_LAYER_MIB}M /dev/urandom > /big.bin\n"
