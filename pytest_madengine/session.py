@@ -461,13 +461,7 @@ class MadSession:
         try:
             commit = self.prepare_run_folder(run, sink.note)
         except (MadError, OSError) as exc:
-            result.reason = f"cannot prepare the run folder {run.run_dir}: {exc}"
-            if node is not None:  # the other nodes must not wait out the rendezvous for this one
-                with self.interrupts.guard() as cancel:
-                    node.abandon(result.reason, sink, cancel)
-            sink.close()
-            result.tail = sink.tail()
-            return result
+            return self._not_run(result, f"cannot prepare the run folder {run.run_dir}: {exc}", sink, node)
         if commit:
             result.properties["git_commit"] = commit
         data = None
@@ -476,13 +470,7 @@ class MadSession:
                 with self.interrupts.guard() as cancel:  # Ctrl-C stops a download, the row stays
                     data = self.serve_data(run, sink.note, cancel)
             except MadError as exc:  # no provider serves a name: the model does not run without it
-                result.reason = f"not run: {exc}"
-                if node is not None:
-                    with self.interrupts.guard() as cancel:
-                        node.abandon(result.reason, sink, cancel)
-                sink.close()
-                result.tail = sink.tail()
-                return result
+                return self._not_run(result, f"not run: {exc}", sink, node)
             result.properties.update(data.perf())
         waits = WaitNotes(sink.note, run.n_gpus, self.pool.ids)
         try:
@@ -531,6 +519,17 @@ class MadSession:
                         nothing_reported=nothing_reported(sink.scanner.lines, sink.scanner.hf,
                                                           model.multiple_results, run.run_dir),
                         cancel=self.interrupts.cancel)
+        result.tail = sink.tail()
+        return result
+
+    def _not_run(self, result: ModelResult, reason: str, sink: OutputSink, node: NodeRun | None) -> ModelResult:
+        """The model fails before its run: the other nodes are told at once (they must not wait
+        out the rendezvous for this one), and the log so far is kept."""
+        result.reason = reason
+        if node is not None:
+            with self.interrupts.guard() as cancel:
+                node.abandon(reason, sink, cancel)
+        sink.close()
         result.tail = sink.tail()
         return result
 
