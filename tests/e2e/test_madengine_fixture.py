@@ -69,6 +69,9 @@ def test_the_fixture_shapes_run_on_the_host(pytester: pytest.Pytester, zoo: Path
                                                                            "bs2,20.25,samples_per_second,4"]
     assert {r["model"]: r["cpus"] for r in rows if r["model"].startswith("pair/rows")} == {
         "pair/rows_bs1": "0-3", "pair/rows_bs2": "4"}
+    # madengine's perf_entry.csv beside perf.csv: the rows of the model that reported last
+    with open(zoo / "perf_entry.csv", newline="") as fh:
+        assert [r["model"] for r in csv.DictReader(fh)] == ["pair/rows_bs1", "pair/rows_bs2"]
 
 
 @pytest.fixture

@@ -1,10 +1,12 @@
 """Pure pieces found missing by running madengine's own test fixture (tests/fixtures/dummy of
 ROCm/madengine) through the plugin: the detected ``ctx_test`` key, the host facts scripts read
 (``MAD_SYSTEM_HIP_VERSION``, ``MAD_SYSTEM_GPU_PRODUCT_NAME``), stand-ins for madengine's
-packaged ``scripts/common`` pre/post scripts, and the ``multiple_results`` copy in the checkout."""
+packaged ``scripts/common`` pre/post scripts, the ``multiple_results`` copy in the checkout and
+madengine's ``perf_entry.csv``."""
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from pytest_madengine.errors import UsageError
 from pytest_madengine.executors.docker import dockerfiles
 from pytest_madengine.gpus import devices
 from pytest_madengine.models import Model
+from pytest_madengine.results import report
 from pytest_madengine.session import script_env
 from pytest_madengine.workspace import around, livelogs
 
@@ -168,3 +171,21 @@ def test_copy_result_replaces_a_file_never_a_link_or_folder(tmp_path: Path) -> N
         assert livelogs.copy_result(tmp_path, name, run_dir / name) is None
     assert (tmp_path / "elsewhere.csv").read_text() == "keep\n"
     assert livelogs.copy_result(tmp_path, "absent.csv", run_dir / "absent.csv") is None
+
+
+# ------------------------------------------------------------------ perf_entry.csv
+
+
+def test_perf_entry_holds_the_latest_models_rows(tmp_path: Path) -> None:
+    entry = tmp_path / report.PERF_ENTRY
+    report.write_perf_entry(entry, [{"model": "dummy", "performance": "1", "status": "SUCCESS"}])
+    report.write_perf_entry(entry, [{"model": "dummy_multi_1", "performance": "2", "temperature": "30"},
+                                    {"model": "dummy_multi_2", "performance": "3", "temperature": "31"}])
+    with open(entry, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["model"] for r in rows] == ["dummy_multi_1", "dummy_multi_2"]  # replaced, as madengine does
+    header = entry.read_text().splitlines()[0].split(",")
+    assert header[: len(report.PERF_COLUMNS)] == list(report.PERF_COLUMNS) and header[-1] == "temperature"
+    report.write_perf_entry(entry, [])  # a model without rows leaves the file as it is
+    assert len(entry.read_text().splitlines()) == 3
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
