@@ -31,7 +31,7 @@ KNOWN_KEYS = frozenset(
         "gen_sys_env_details", "log_error_pattern_scan", "log_error_benign_patterns",
         "log_error_patterns", "deploy", "docker_shm_size", "metric_direction",
         "rendezvous_timeout", "docker_run_options", "docker_build_timeout", "rendezvous_port", "model_args",
-        "data",
+        "data", "ctx_test",
     }
 )
 
@@ -196,3 +196,21 @@ def build(sources: Sequence[tuple[str, str]]) -> tuple[Context, list[str]]:
         names.append(f"{kind}:{value}" if kind == "file" else "--mad-context")
     warnings = validate(data)
     return Context(data=data, sources=tuple(names)), warnings
+
+
+CTX_TEST_FILE = "ctx_test"
+
+
+def with_detected(ctx: Context, root: Path) -> Context:
+    """madengine's detected context keys a user did not give. ``ctx_test``: the first line of
+    a ``ctx_test`` file in the checkout root, else ``"None"``, as madengine detects it (its
+    fixture picks ``dummy_ctxtest``'s Dockerfile by a ``'ctx_test'`` header key; without the key,
+    every such Dockerfile would match)."""
+    if "ctx_test" in ctx:
+        return ctx
+    try:
+        lines = (root / CTX_TEST_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
+        value = lines[0].strip() if lines else ""
+    except OSError:
+        value = "None"
+    return Context(data={**ctx.data, "ctx_test": value}, sources=ctx.sources)

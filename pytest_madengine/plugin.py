@@ -408,7 +408,9 @@ class Reporter:
         self.results.append(result)
         if result.perf_row:
             try:
-                report_mod.append_perf_csv(self.perf_csv, report_mod.perf_rows(result, self.meta))
+                rows = report_mod.perf_rows(result, self.meta)
+                report_mod.append_perf_csv(self.perf_csv, rows)
+                self._perf_entry(rows)
             except OSError as exc:  # its file system full: said once per model, and the run fails
                 self.perf_errors.append(f"{result.model}: {exc.strerror or exc}")
                 reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -417,6 +419,19 @@ class Reporter:
                                         f"{self.perf_csv}: {exc.strerror or exc}")
         if self.config.getini("junit_family") not in ("xunit1", "legacy"):
             self._xunit2(report, result)
+
+    def _perf_entry(self, rows: list[dict[str, str]]) -> None:
+        """madengine's perf_entry.csv beside perf.csv: a copy of what perf.csv got, so a
+        failure to write it is said and fails nothing."""
+        entry = self.perf_csv.with_name(report_mod.PERF_ENTRY)
+        if entry == self.perf_csv:
+            return
+        try:
+            report_mod.write_perf_entry(entry, rows)
+        except OSError as exc:
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line(f"madengine: cannot write {entry}: {exc.strerror or exc}")
 
     def _xunit2(self, rep: pytest.TestReport, result: ModelResult) -> None:
         # No public API reaches the LogXML instance (xml_key), adds a suite property from a

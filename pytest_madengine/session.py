@@ -43,7 +43,7 @@ from pytest_madengine.output import OutputSink
 from pytest_madengine.results import errorscan
 from pytest_madengine.results.result import FAILURE, SKIPPED, SUCCESS, ModelResult, Row
 from pytest_madengine.verdict import evaluate
-from pytest_madengine.workspace import around, gitclone
+from pytest_madengine.workspace import around, gitclone, livelogs
 from pytest_madengine.workspace import tools as tools_mod
 from pytest_madengine.workspace.paths import flat_name, safe_relpath
 from pytest_madengine.workspace.runfolder import copy_script_folder
@@ -104,7 +104,8 @@ def script_argv(scripts: str, args: Sequence[str]) -> tuple[Path, tuple[str, ...
 def script_env(model: Model, ctx: Context, *, vendor: str, arch: str, system_ngpus: int,
                gpus: tuple[int, ...], runtime_ngpus: int, use_devices: bool, deployment: str,
                multi_node: multinode_mod.MultiNode | None = None, mirror: Path | None = None,
-               launch: Launch | None = None, data_env: dict[str, str] | None = None) -> dict[str, str]:
+               launch: Launch | None = None, data_env: dict[str, str] | None = None,
+               hip_version: str = "", product: str = "") -> dict[str, str]:
     """The environment madengine gives a model script, then env_vars and docker_env_vars."""
     env = {
         "MAD_MODEL_NAME": model.name,
@@ -117,6 +118,8 @@ def script_env(model: Model, ctx: Context, *, vendor: str, arch: str, system_ngp
         "MAD_LAUNCHER": "torchrun",
         "MAD_DEPLOYMENT_TYPE": deployment,
         "MAD_DATANAME": model.data,
+        "MAD_SYSTEM_HIP_VERSION": hip_version,
+        "MAD_SYSTEM_GPU_PRODUCT_NAME": product,
     }
     if model.multiple_results:
         env["MAD_OUTPUT_CSV"] = model.multiple_results
@@ -207,6 +210,7 @@ class MadSession:
         self.options = options
         self.run_id = uuid.uuid4().hex[:12]
         self.context, self.context_warnings = context_mod.build(context_sources)
+        self.context = context_mod.with_detected(self.context, options.root)
         self.multi_node = multinode_mod.from_context(self.context)  # multi_node_args; UsageError if unusable
         if self.multi_node.needs_barrier and options.node_folders:
             # Every node runs pytest, often in one shared checkout (NFS): each writes its own run
@@ -223,8 +227,9 @@ class MadSession:
         if self.context.gpu_vendor:
             vendor = self.context.gpu_vendor
             if vendor != self.gpu_info.vendor:
-                self.gpu_info = gpus_mod.GpuInfo(vendor, self.gpu_info.ids if vendor != "NONE" else (),
-                                                 self.gpu_info.arch, "gpu_vendor from the context")
+                self.gpu_info = dataclasses.replace(self.gpu_info, vendor=vendor,
+                                                    ids=self.gpu_info.ids if vendor != "NONE" else (),
+                                                    how="gpu_vendor from the context")
         # madengine's docker_gpus ("0-3", "0,2") sets the pool when --mad-gpus is left at all.
         gpu_spec = str(self.context.get("docker_gpus") or "all") if options.gpus == "all" else options.gpus
         self.pool = gpus_mod.resolve_pool(gpu_spec, self.gpu_info)
@@ -275,7 +280,8 @@ class MadSession:
             f"madengine: executor {self.executor.name} ({self.executor_why}); GPUs: {self.pool.note}"
             + (f", arch {self.arch}" if self.arch else ""),
         ]
-        ctx_keys = sorted(k for k in self.context if self.context[k] not in ({}, None, ""))
+        ctx_keys = sorted(k for k in self.context if self.context[k] not in ({}, None, "")
+                          and not (k == "ctx_test" and self.context[k] == "None"))  # detected default
         lines.append(f"madengine: context keys {', '.join(ctx_keys) or '(defaults)'}; logs in {self.options.log_dir}")
         mn = self.multi_node
         if mn.configured:
@@ -394,7 +400,8 @@ class MadSession:
                               system_ngpus=len(self.gpu_info.ids), gpus=gpus, runtime_ngpus=len(gpus),
                               use_devices=self.pool.uses_devices, deployment=self.executor.name,
                               multi_node=self.multi_node if self.multi_node.configured else None,
-                              mirror=self.mirror, launch=launch,
+                              mirror=self.mirror, launch=launch, hip_version=self.gpu_info.hip_version,
+                              product=self.gpu_info.product,
                               data_env=data.env(self.in_container()) if data is not None else None),
                  **run.tools.env},
             data_mounts=data.mounts() if data is not None else (), data=data_lines,
@@ -496,6 +503,11 @@ class MadSession:
                                                   error_hit=sink.error_scan.hit if sink.error_scan else None)
         result.status, result.reason, result.rows = status, reason, rows
         result.warnings = warnings
+        if model.multiple_results and not self.options.dry_run:
+            copied = livelogs.copy_result(self.options.root, model.multiple_results,
+                                          run.run_dir / model.multiple_results)
+            if copied is not None:  # where madengine leaves it (Jenkins jobs archive it from there)
+                result.properties["multiple_results_copy"] = str(copied)
         if self.options.skip_model_run and outcome.exit_code == 0 and not outcome.problem:
             result.skip("model run skipped (--mad-skip-model-run)", perf_row=False)  # madengine: no row either
         env_csv = run.run_dir / around.env_csv_name(model.name)

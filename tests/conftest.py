@@ -16,7 +16,7 @@ COMPONENTS = {
     "parallel_pure": ("parallel",), "slurm": ("slurm",), "slurm_args": ("slurm",), "slurm_batch": ("slurm",),
     "slurm_executor": ("slurm",), "slurm_poller": ("slurm",), "slurm_records": ("slurm",),
     "slurm_deploy": ("slurm", "multinode"), "slurm_serving": ("slurm", "multinode"), "slurm_container": ("slurm", "docker"), "slurm_images": ("slurm", "docker"),
-    "real_checkout": ("checkout",), "fuzz": ("reliability",), "checkout_paths": ("checkout",), "gitclone": ("checkout",),
+    "real_checkout": ("checkout",), "madengine_fixture": ("checkout",), "fuzz": ("reliability",), "checkout_paths": ("checkout",), "gitclone": ("checkout",),
     "metrics": ("results",), "report_columns": ("results",), "tools": ("core",),
     "data_providers": ("docker", "data"), "data_pure": ("data",),
     "build": ("docker",), "build_manifest": ("docker",),

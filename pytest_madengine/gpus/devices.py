@@ -24,6 +24,10 @@ class GpuInfo:
     ids: tuple[int, ...]
     arch: str = ""
     how: str = ""  # what the detection looked at, for the run header
+    # madengine's MAD_SYSTEM_HIP_VERSION (HIP or CUDA version, major.minor) and
+    # MAD_SYSTEM_GPU_PRODUCT_NAME; "" when unknown (no GPU, no tool answered)
+    hip_version: str = ""
+    product: str = ""
 
 
 def _run(argv: list[str]) -> str:
@@ -48,15 +52,62 @@ def detect() -> GpuInfo:
         elif shutil.which("rocm-smi"):
             listed = re.findall(r"^GPU\[(\d+)\]", _run(["rocm-smi", "--showid"]), flags=re.M)
             count = len(set(listed)) or count
-        return GpuInfo("AMD", tuple(range(count)), arch, "/dev/kfd present")
+        return GpuInfo("AMD", tuple(range(count)), arch, "/dev/kfd present",
+                       hip_version=amd_hip_version(_run(["hipconfig", "--version"]) if shutil.which("hipconfig") else "",
+                                                   _read(os.path.join(os.environ.get("ROCM_PATH") or "/opt/rocm",
+                                                                      ".info", "version"))),
+                       product=amd_product_name(_run(["amd-smi", "static", "--asic"]) if shutil.which("amd-smi") else "",
+                                                _run(["rocm-smi", "--showproductname"]) if shutil.which("rocm-smi") else ""))
     if shutil.which("nvidia-smi"):
         out = _run(["nvidia-smi", "--query-gpu=index,compute_cap", "--format=csv,noheader"])
         rows = [r.split(",") for r in out.strip().splitlines() if r.strip()]
         ids = tuple(int(r[0]) for r in rows if r[0].strip().isdigit())
         arch = f"sm_{rows[0][1].strip().replace('.', '')}" if rows and len(rows[0]) > 1 else ""
         if ids:
-            return GpuInfo("NVIDIA", ids, arch, "nvidia-smi")
+            names = _run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]).strip().splitlines()
+            return GpuInfo("NVIDIA", ids, arch, "nvidia-smi",
+                           hip_version=cuda_version(_run(["nvcc", "--version"]) if shutil.which("nvcc") else "",
+                                                    _run(["nvidia-smi"])),
+                           product=names[0].strip() if names else "")
     return GpuInfo("NONE", (), "", "no /dev/kfd, no working nvidia-smi")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read(4096)
+    except OSError:
+        return ""
+
+
+def _major_minor(text: str) -> str:
+    m = re.search(r"\b(\d+)\.(\d+)", text)
+    return f"{m.group(1)}.{m.group(2)}" if m else ""
+
+
+def amd_hip_version(hipconfig: str, rocm_info_version: str = "") -> str:
+    """``hipconfig --version`` (``6.2.41133-dd7f95766``) as madengine passes it on, major.minor
+    (``6.2``); the ROCm install's ``.info/version`` when hipconfig is missing."""
+    return _major_minor(hipconfig) or _major_minor(rocm_info_version)
+
+
+def cuda_version(nvcc: str, nvidia_smi: str = "") -> str:
+    """``nvcc --version`` (``release 12.4, V12.4.131``), else the driver's ``CUDA Version: 12.4``."""
+    m = re.search(r"release (\d+\.\d+)", nvcc) or re.search(r"CUDA Version:\s*(\d+\.\d+)", nvidia_smi)
+    return m.group(1) if m else ""
+
+
+def amd_product_name(amd_smi_asic: str, rocm_smi_product: str = "") -> str:
+    """The first GPU's market name: ``MARKET_NAME: AMD Instinct MI300X`` (``amd-smi static
+    --asic``), else rocm-smi's ``Card Series:`` / ``Card model:`` line."""
+    m = re.search(r"^\s*MARKET_NAME:\s*(.+?)\s*$", amd_smi_asic, flags=re.M)
+    if m and m.group(1).upper() not in ("N/A", "NA"):
+        return m.group(1)
+    for label in ("Card Series", "Card SKU", "Card model"):
+        m = re.search(rf"{label}:\s*(.+?)\s*$", rocm_smi_product, flags=re.M)
+        if m and m.group(1).upper() not in ("N/A", "NA"):
+            return m.group(1)
+    return ""
 
 
 def parse_ids(spec: str) -> tuple[int, ...]:

@@ -177,6 +177,29 @@ def append_perf_csv(path: Path, rows: Sequence[Mapping[str, str]]) -> None:
             return
 
 
+PERF_ENTRY = "perf_entry.csv"
+
+
+def write_perf_entry(path: Path, rows: Sequence[Mapping[str, str]]) -> None:
+    """madengine's ``perf_entry.csv`` ("results are saved to perf_entry.csv"): the rows of the
+    latest model that reported (all of a ``multiple_results`` model's rows), perf.csv's columns
+    then the rows' extra ones. Replaced whole and atomically for each model, as madengine
+    rewrites it; perf.csv keeps every row. OSError when it cannot be written."""
+    if not rows:
+        return
+    path = Path(path)
+    columns = list(PERF_COLUMNS)
+    columns += _new_columns(columns, rows)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
+            fh.write(_csv_text(columns, columns, rows))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def _append_locked(fh: IO[bytes], path: Path, rows: Sequence[Mapping[str, str]]) -> None:
     size = os.fstat(fh.fileno()).st_size
     fh.seek(0)

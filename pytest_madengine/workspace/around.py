@@ -56,15 +56,33 @@ STATUS_FILE = ".mad_around"
 PRE_FAILED_EXIT = 86
 
 
+# madengine copies its packaged ``scripts/common`` into the checkout before a run, so contexts
+# written for it name scripts a checkout does not hold. Those we ship (our own files) stand in
+# when the checkout has none at that path: {path in the context: file in tooldata}.
+PACKAGED_COMMON = {
+    "scripts/common/pre_scripts/pre_test.sh": "mad_common_pre_test.sh",
+    "scripts/common/post_scripts/post_test.sh": "mad_common_post_test.sh",
+    "scripts/common/test_echo.sh": "mad_tool_echo.sh",
+}
+TOOLDATA = Path(__file__).resolve().parent / "tooldata"
+
+
 @dataclass(frozen=True)
 class Step:
     kind: str  # pre | post
     source: Path  # where the script is (absolute)
     args: tuple[str, ...]
+    as_name: str = ""  # its name in the run folder, when not the source's (a packaged stand-in)
 
     @property
     def name(self) -> str:
-        return self.source.name
+        return self.as_name or self.source.name
+
+
+def packaged_stand_in(path: str) -> Path | None:
+    """Our file for a madengine-packaged ``scripts/common`` script named in a context, or None."""
+    name = PACKAGED_COMMON.get(Path(path).as_posix().removeprefix("./"))
+    return TOOLDATA / name if name else None
 
 
 def steps(context: Mapping[str, Any], workspace: Path) -> tuple[Step, ...]:
@@ -87,6 +105,10 @@ def steps(context: Mapping[str, Any], workspace: Path) -> tuple[Step, ...]:
             except ValueError as exc:
                 raise UsageError(f"{where}: 'args' cannot be split ({exc})") from None
             source = (workspace / entry["path"]).resolve()  # the user's context: any path they give
+            stand_in = packaged_stand_in(entry["path"])
+            if not source.is_file() and stand_in is not None:
+                out.append(Step(kind, stand_in, argv, as_name=source.name))
+                continue
             if not source.is_file():
                 raise UsageError(f"{where}: {source} is not a file")
             out.append(Step(kind, source, argv))

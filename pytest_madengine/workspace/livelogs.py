@@ -1,4 +1,5 @@
-"""madengine's log names in the workspace, as links to our logs.
+"""madengine's log names in the workspace, as links to our logs, and its copy of a model's
+``multiple_results`` CSV there.
 
 madengine writes ``<model>_<dockerfile stem>.build.live.log``, ``.run.live.log`` and the
 combined ``.live.log`` in the folder it runs in; Jenkins archive patterns are built on them.
@@ -9,6 +10,7 @@ that is moved or mounted elsewhere keeps them working).
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 PHASES = ("build", "run", "")  # "" is madengine's combined build + run log
@@ -31,6 +33,43 @@ def link(workspace: Path, name: str, target: Path) -> Path | None:
         if os.path.lexists(tmp):
             os.unlink(tmp)
         os.symlink(os.path.relpath(target, workspace), tmp)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return None
+    return path
+
+
+# Files of the workspace a results CSV must never replace: madengine's and our own reports.
+REPORT_NAMES = frozenset({"perf.csv", "perf_entry.csv", "perf_super.csv", "perf_entry_super.csv"})
+
+
+def results_copy_name(multiple_results: str) -> str | None:
+    """Where madengine leaves a model's ``multiple_results`` CSV: the folder it runs in, under
+    the CSV's file name (scripts of its fixture even ``cp`` it to ``../`` to get it there).
+    None for a name that is no CSV or would replace a report."""
+    name = Path(multiple_results).name
+    if not name.lower().endswith(".csv") or name in REPORT_NAMES or name.startswith("."):
+        return None
+    return name
+
+
+def copy_result(workspace: Path, multiple_results: str, source: Path) -> Path | None:
+    """Copy ``source`` to ``workspace/<its name>`` atomically (parallel runs see the old file or
+    the new one, never half of one); replaces a file of that name (as madengine does), never a
+    folder or a link. None when nothing was copied."""
+    name = results_copy_name(multiple_results)
+    if name is None or not source.is_file():
+        return None
+    path = workspace / name
+    if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
+        return None
+    tmp = workspace / f".{name}.{os.getpid()}.tmp"
+    try:
+        shutil.copyfile(source, tmp)
         os.replace(tmp, path)
     except OSError:
         try:
