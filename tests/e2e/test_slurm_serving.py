@@ -1,5 +1,5 @@
-"""The serving launchers on SLURM, for real: ``sglang`` on two nodes and ``sglang-disagg`` on
-three, deployed with the `slurm` key on the cluster of .ci/setup-slurm.sh. Each node's task
+"""The serving launchers on SLURM, for real: ``vllm`` over a real Ray cluster on two nodes,
+``sglang`` on two nodes and ``sglang-disagg`` on three, deployed with the `slurm` key on the cluster of .ci/setup-slurm.sh. Each node's task
 gets the launcher's per-node variables (its own ``SGLANG_NODE_RANK``, its role), and the nodes
 meet in one gloo process group at the address the launcher gives them, as SGLang's
 ``--dist-init-addr`` does: a wrong rank, role or address on any node and they never meet.
@@ -8,11 +8,12 @@ The same stand-ins run across network namespaces in test_serving_launchers.py.""
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
 from .conftest import ModelRepo
-from .test_serving_launchers import DISAGG_RUN, MEET, SGLANG_RUN
+from .test_serving_launchers import DISAGG_RUN, MEET, RAY_CHECK, SGLANG_RUN, VLLM_RUN, need_ray, ray_processes
 from .test_slurm import cluster, props
 from .test_slurm_deploy import argv, needs_torch, slurm
 
@@ -50,3 +51,26 @@ def test_sglang_disagg_roles_on_three_slurm_nodes(pytester: pytest.Pytester) -> 
     # 3 nodes: one proxy, xP = max(1, (3-1)*2//5) = 1 prefill, yD = 1 decode
     assert sorted(re.findall(r"role=(\w+) prefill=1 decode=1 total=3", log)) == ["decode", "prefill", "proxy"], log
     assert log.count("sees roles proxy,prefill,decode") == 3, log
+
+
+def test_vllm_runs_over_a_ray_cluster_of_two_slurm_nodes(pytester: pytest.Pytester) -> None:
+    """The launcher's setup starts the Ray head in node 0's task and a worker in node 1's; the
+    stand-in sees both Ray nodes and runs a task on each. The Ray daemons end with the job."""
+    needs_torch()
+    need_ray()
+    if ray_processes():
+        pytest.skip("a Ray cluster of someone else's runs on this host; its processes would confuse the check")
+    repo = ModelRepo(pytester.path)
+    repo.script("scripts/madslurm_vllm/ray_check.py", RAY_CHECK)
+    repo.model("madslurm_vllm", VLLM_RUN, slurm={"nodes": 2}, distributed={"launcher": "vllm"}, timeout=240)
+    res = pytester.runpytest_subprocess(*argv(tags="madslurm_vllm", context=slurm()), timeout=300)
+    log = (pytester.path / "mad_logs" / "madslurm_vllm.log").read_text()
+    res.assert_outcomes(passed=1)
+    assert "launcher=vllm backend=ray tp=1 pp=2" in log, log
+    assert re.search(r"ray nodes: \S+,\S+", log), log  # two Ray nodes joined
+    assert "stayed in the Ray cluster until node 0 was done" in log, log
+    res.stdout.fnmatch_lines(["*madslurm_vllm*SUCCESS*ray_nodes*"])
+    deadline = time.monotonic() + 20
+    while ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes(), ray_processes()

@@ -63,6 +63,8 @@ def _cpu_sample(root: int) -> tuple[float, int, int]:
         fields = stat[stat.rfind(")") + 2:].split()
         if fields[0] == "Z":  # ended, not yet reaped: nothing resident, its CPU time is counted no more
             continue
+        if resident == 0:  # no memory of its own yet (between fork and exec) or any more: not a sample
+            continue
         ticks += float(fields[11]) + float(fields[12])  # utime + stime
         rss += resident * page
         n += 1
