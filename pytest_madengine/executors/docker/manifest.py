@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_madengine import masking
 from pytest_madengine.errors import ExecutorError, UsageError
 from pytest_madengine.executors.docker import registry
 
@@ -31,8 +32,7 @@ MANIFEST_NAME = "build_manifest.json"
 # Context keys madengine copies into the manifest's ``context``.
 CONTEXT_KEYS = ("docker_env_vars", "docker_mounts", "docker_build_arg", "gpu_vendor", "guest_os", "docker_gpus",
                 "tools", "pre_scripts", "post_scripts", "encapsulate_script")
-SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "CREDENTIAL", "PASSWD", "APIKEY", "API_KEY", "PRIVATE")
-HIDDEN = "***"
+HIDDEN = masking.MASK
 _HASH_TAG = re.compile(r"[0-9a-f]{64}")
 
 
@@ -43,8 +43,7 @@ class ManifestError(UsageError):
 def is_secret_name(name: str) -> bool:
     """Build args whose value must never be written down: ``MAD_SECRETS*`` (madengine's secrets)
     and names that say they hold one."""
-    upper = name.upper()
-    return upper.startswith("MAD_SECRETS") or any(w in upper for w in SECRET_WORDS)
+    return masking.looks_secret(name)
 
 
 def public_args(args: Mapping[str, str], secret_values: Iterable[str] = ()) -> dict[str, str]:

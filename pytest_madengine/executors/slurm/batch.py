@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pytest_madengine.executors import secretenv
+
 # Set per node by task.sh, never copied from the submitting host.
 NODE_VARS = ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "MAD_GPU_IDS",
              "MAD_MULTI_NODE_RUNNER", "MAD_RUNTIME_NGPUS", "MASTER_ADDR", "MASTER_PORT", "NNODES",
@@ -50,6 +52,14 @@ class JobFiles:
     def batch_output(self, job_id: str) -> Path:
         return self.job_dir / f"{job_id}.batch.out"
 
+    def secret_path(self, rank: int) -> Path:
+        """Node ``rank``'s secret environment (0600), sourced and deleted by its task at the start."""
+        return self.job_dir / f".secret-env.node{rank}"
+
+    def secret_word(self) -> str:
+        """``secret_path`` of the node a task script runs on, as a shell word."""
+        return shlex.quote(str(self.job_dir)) + '/.secret-env.node"$NODE_RANK"'
+
 
 @dataclass(frozen=True)
 class BatchPlan(JobFiles):
@@ -73,6 +83,8 @@ class BatchPlan(JobFiles):
     path_prefix: str = ""  # prepended to PATH on the node (the submitting Python's bin/)
     data_mounts: tuple[tuple[str, bool], ...] = ()  # (host folder, read-only): served data, same path inside
     node_pull: str = ""  # lines each node runs before its container: pull docker_image by digest (a manifest)
+    # Secret variables (``masking``): not in the scripts but in a 0600 file per node (secret_path).
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 def job_name(run_id: str, model: str) -> str:
@@ -162,6 +174,10 @@ def task_script(plan: BatchPlan) -> str:
         "export MAD_DEPLOYMENT_TYPE=slurm MAD_SLURM_JOB_ID=$SLURM_JOB_ID",
     ]
     lines += [f"export {k}={q(v)}" for k, v in sorted(env.items())]
+    secret = {k: v for k, v in plan.secret_env.items() if k not in NODE_VARS}
+    if secret and not plan.docker_image:
+        lines += ["# The secret variables: this node's 0600 file, deleted once read.",
+                  *secretenv.source_lines(plan.secret_word())]
     if plan.path_prefix:
         lines.append(f'export PATH={q(plan.path_prefix)}:"$PATH"')
     workdir = q(str(plan.node_dir)) + '/node"$NODE_RANK"'
@@ -185,6 +201,12 @@ def task_script(plan: BatchPlan) -> str:
         docker += ["--gpus", "all"]
     if plan.node_pull:  # every node pulls the manifest's image by digest: the registry's content is checked
         lines += [f'echo "pytest-madengine: node $NODE_RANK pulls {plan.docker_image}"', *plan.node_pull.splitlines()]
+    loader = ""
+    if secret:
+        # Not -e: the container's config would show the values. The file moves into the run
+        # folder, where the container's first command sources and deletes it.
+        lines.append(f"mv -f {plan.secret_word()} {workdir}/{secretenv.ENV_FILE} || exit {secretenv.MISSING_EXIT}")
+        loader = " ".join(q(a) for a in secretenv.loader()) + " "
     lines += [
         'NAME=mad-slurm-"$SLURM_JOB_ID"-node"$NODE_RANK"',
         "# scancel/TIMEOUT signal this script: the container goes with it.",
@@ -192,7 +214,7 @@ def task_script(plan: BatchPlan) -> str:
         "trap 'exit 143' TERM INT",
         " ".join(q(a) for a in docker)
         + f' -v {workdir}:{workdir} -w {workdir} --name "$NAME" '
-        + " ".join(f"-e {n}" for n in names) + f" {q(plan.docker_image)} {argv} &",
+        + " ".join(f"-e {n}" for n in names) + f" {q(plan.docker_image)} {loader}{argv} &",
         "wait $!",
     ]
     return "\n".join(lines) + "\n"

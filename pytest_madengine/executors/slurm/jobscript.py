@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pytest_madengine.executors import secretenv
 from pytest_madengine.executors.slurm.batch import JobFiles, _sbatch_value
 from pytest_madengine.executors.slurm.deploy import SlurmSettings
 
@@ -71,6 +72,8 @@ class DeployJob(JobFiles):
     image: str = ""  # the image to run in; "" = on the node itself (images are supplied elsewhere)
     pull_image: str = ""  # slurm_multi: pulled on every node before the script
     results_dir: Path | None = None  # slurm_multi: where its perf*.csv is read
+    # Secret variables (``masking``): not in the scripts but in a 0600 file per node (secret_path).
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def nodes(self) -> int:
@@ -149,7 +152,7 @@ def batch_script(job: DeployJob) -> str:
             f"--output={q(str(job.job_dir / '%j.node%t.out'))} bash {q(str(job.task_path))}",
         ]
         return "\n".join(lines) + "\n"
-    lines += _common_env(job)
+    lines += _common_env(job, shlex.quote(str(job.secret_path(0))))
     if job.pull_image:
         msg = q(f"pytest-madengine: docker pull {job.pull_image} failed on a node")
         lines += [
@@ -166,7 +169,7 @@ def batch_script(job: DeployJob) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _common_env(job: DeployJob) -> list[str]:
+def _common_env(job: DeployJob, secret_word: str) -> list[str]:
     q = shlex.quote
     lines = [f"export MAD_RUNTIME_NGPUS={job.gpus_per_node} MAD_DEPLOYMENT_TYPE=slurm "
              'MAD_SLURM_JOB_ID="$SLURM_JOB_ID" MAD_IN_SLURM_JOB=1']
@@ -176,6 +179,9 @@ def _common_env(job: DeployJob) -> list[str]:
     if job.settings.shared_data:
         lines.append(f"export MAD_DATAHOME={q(job.settings.shared_data)}")
     lines += [f"export {k}={shell_word(v)}" for k, v in sorted(job.env.items())]
+    if job.secret_env:
+        lines += ["# The secret variables: this node's 0600 file, deleted once read.",
+                  *secretenv.source_lines(secret_word)]
     if job.path_prefix:
         lines.append(f'export PATH={q(job.path_prefix)}:"$PATH"')
     return lines
@@ -217,13 +223,14 @@ def task_script(job: DeployJob) -> str:
                 '  export NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME:-$MAD_IFACE}" GLOO_SOCKET_IFNAME="${GLOO_SOCKET_IFNAME:-$MAD_IFACE}"',
                 "fi",
             ]
-    lines += _common_env(job)
+    lines += _common_env(job, job.secret_word())
     workdir = q(str(job.node_dir)) + '/node"$NODE_RANK"'
     lines.append(f"cd {workdir} || {{ echo \"pytest-madengine: no run folder $PWD/node$NODE_RANK\" >&2; exit 2; }}")
     lines.append(f"# The launcher's form for each node ({job.launcher}); user variables above win over it.")
     lines.append('case "$NODE_RANK" in')
     for rank, form in enumerate(job.ranks):
-        body = [f"export {k}={shell_word(v)}" for k, v in sorted(form.env.items()) if k not in job.env]
+        body = [f"export {k}={shell_word(v)}" for k, v in sorted(form.env.items())
+                if k not in job.env and k not in job.secret_env]
         for name, text in sorted(form.files.items()):
             body.append(f"printf '%s' {shell_word(text)} > {q(name)}")
         for step in form.setup:
