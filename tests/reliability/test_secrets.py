@@ -148,6 +148,13 @@ def processes() -> str:
     return subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False).stdout
 
 
+def covered(texts: dict[str, str], wanted: list[str]) -> None:
+    """The scan saw each of ``wanted`` (a place that was not there would be scanned as clean)."""
+    missing = [w for w in wanted if not texts.get(w)]
+    assert not missing, f"not scanned: {missing} (scanned: {sorted(texts)})"
+    print(f"scanned {len(texts)} places, {sum(len(t) for t in texts.values())} characters")
+
+
 def proven(log: str, run: Run, values: dict[str, str]) -> None:
     """Each canary reached the model (its hash in the log), and the secret file was gone."""
     for key in run.seen_in_model:
@@ -284,6 +291,8 @@ def test_docker_run_leaks_no_canary(tmp_path: Path, docker_client: Any, private_
         texts = {**written_files(project.path, INPUTS), **seen,
                  "image inspect": json.dumps(image.attrs),
                  "image history": json.dumps(docker_client.api.history(image.id))}
+        covered(texts, ["out.txt", "j.xml", "perf.csv", "build_manifest.json", f"mad_logs/{m}.log",
+                        f"mad_logs/{m}.build.log", "container inspect (model running)", "image history", "processes"])
         found = scan(texts, canaries)
         assert found == [], found
         assert not list(project.path.rglob(secretenv.ENV_FILE)), "a secret environment file was left"
@@ -322,7 +331,10 @@ def _run_and_scan(project: Project, executor_args: list[str], timeout: float = 1
     check(project, [m])
     log = (project.path / "mad_logs" / f"{m}.log").read_text()
     proven(log, run, {**run.context.get("docker_env_vars", {}), **run.env_vars})
-    return m, scan({**written_files(project.path, INPUTS), **seen}, canaries)
+    texts = {**written_files(project.path, INPUTS), **seen}
+    covered(texts, ["out.txt", "j.xml", "perf.csv", f"mad_logs/{m}.log",
+                    *(k for k in seen if not k.startswith("job folder while running: "))])  # outputs may be empty
+    return m, scan(texts, canaries)
 
 
 def test_local_run_leaks_no_canary(tmp_path: Path) -> None:
@@ -352,6 +364,7 @@ def _slurm_watch(project: Project) -> Callable[[str], dict[str, str]]:
         names = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True).stdout
         ids = [line.split()[0] for line in names.splitlines() if model.replace("/", "_") in line]
         assert ids, names
+        assert "job folder while running: task.sh" in out or "job folder while running: job.sbatch" in out
         for job in ids:
             for argv in (["scontrol", "show", "job", "-dd", job], ["scontrol", "write", "batch_script", job, "-"],
                          ["sacct", "-n", "-j", job, "-o", "JobName%100,Comment%300,AdminComment%300,SystemComment%300"]):

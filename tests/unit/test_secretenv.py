@@ -125,3 +125,13 @@ def test_sbatch_gets_no_secret_variable() -> None:
     env = {"PATH": "/bin", "MAD_SECRETS_A": "marked-1", "HF_TOKEN": "t", "URL": "x://u:marked-1@h",
            "NAS_NODES": "[]", "HOME": "/root"}
     assert sbatch_environ(env) == {"PATH": "/bin", "HOME": "/root"}
+
+
+def test_the_manifest_stores_no_secret_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAD_SECRETS_DB", "pa55-word-xyz")
+    env = {"HF_TOKEN": "x", "DB_URL": "pg://u:pa55-word-xyz@h", "MODE": "1"}
+    assert manifest.public_env(env) == {"HF_TOKEN": "***", "DB_URL": "***", "MODE": "1"}
+    rec = manifest.BuildRecord("m", (manifest.ImageEntry(key="img", model="m", docker_image="img"),),
+                               {"name": "m", "env_vars": env})
+    doc = manifest.compose([rec], {"docker_env_vars": env}, [])
+    assert "pa55-word-xyz" not in json.dumps(doc) and doc["built_models"]["img"]["env_vars"]["MODE"] == "1"

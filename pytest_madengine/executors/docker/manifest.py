@@ -46,6 +46,14 @@ def is_secret_name(name: str) -> bool:
     return masking.looks_secret(name)
 
 
+def public_env(env: Mapping[str, Any]) -> dict[str, Any]:
+    """Variables as the manifest stores them (a card's ``env_vars``, ``docker_env_vars``): the
+    values that are secret by ``masking``'s rule (name, or a marked secret inside) are ``***``.
+    madengine writes them in clear; a manifest is copied to other hosts and kept."""
+    marked = masking.marked_secrets()
+    return {str(k): (HIDDEN if masking.is_secret(str(k), str(v), marked) else v) for k, v in env.items()}
+
+
 def public_args(args: Mapping[str, str], secret_values: Iterable[str] = ()) -> dict[str, str]:
     """Build args as they may be shown or stored: secret-named ones and any value that is a
     known secret are replaced by ``***``."""
@@ -247,6 +255,8 @@ def compose(records: Sequence[BuildRecord], context: Mapping[str, Any], credenti
                 continue  # an image a cluster cannot pull is not "built" for it
             built_images[e.key] = e.to_json()
             model_entry = dict(rec.model_entry)
+            if isinstance(model_entry.get("env_vars"), Mapping):
+                model_entry["env_vars"] = public_env(model_entry["env_vars"])
             if e.registry_image:
                 pushes_ok += 1
                 env = dict(model_entry.get("env_vars") or {})
@@ -265,7 +275,7 @@ def compose(records: Sequence[BuildRecord], context: Mapping[str, Any], credenti
             if key == "docker_build_arg" and isinstance(value, Mapping):
                 value = public_args({str(k): str(v) for k, v in value.items()})
             if key == "docker_env_vars" and isinstance(value, Mapping):
-                value = {str(k): (HIDDEN if is_secret_name(str(k)) else v) for k, v in value.items()}
+                value = public_env(value)
             ctx[key] = value
     return {
         "built_images": built_images,
