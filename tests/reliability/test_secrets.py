@@ -249,7 +249,12 @@ def test_docker_run_leaks_no_canary(tmp_path: Path, docker_client: Any, private_
     m = project.model("canary", MODEL, dockerfile="docker/canary", cred="HFCRED", data="canary_nas,canary_s3",
                       env_vars={**run.env_vars, "SEEN": " ".join(run.seen_in_model)})
     repo = f"{AUTH_REGISTRY}/mad-secrets-{project.token}"
-    context = {**run.context, "docker_build_arg": {"BASE_DOCKER": private_base}}
+    prove = 'printf "%s HF_TOKEN=%s\\n" "$1" "$(printf %s "$HF_TOKEN" | sha256sum | cut -c1-16)"\n'
+    (project.path / "around").mkdir()
+    (project.path / "around" / "prove.sh").write_text(prove)
+    context = {**run.context, "docker_build_arg": {"BASE_DOCKER": private_base},
+               "pre_scripts": [{"path": "around/prove.sh", "args": "pre"}],  # they see the secrets too
+               "post_scripts": [{"path": "around/prove.sh", "args": "post"}]}
     (project.path / "ctx.json").write_text(json.dumps(context))
     seen: dict[str, str] = {}
 
@@ -277,6 +282,8 @@ def test_docker_run_leaks_no_canary(tmp_path: Path, docker_client: Any, private_
         assert secretenv.ENV_FILE not in seen["run folder while running"]
         log = (project.path / "mad_logs" / f"{m}.log").read_text()
         proven(log, run, {**run.context["docker_env_vars"], **run.env_vars})
+        token = sha16(run.context["docker_env_vars"]["HF_TOKEN"])
+        assert f"pre HF_TOKEN={token}" in log and f"post HF_TOKEN={token}" in log, log
         for name, secret in run.built_in.items():  # the build got each build secret
             assert f"built {name}={sha16(secret)}" in log, name
         assert "served by nas" in log and "served by aws" in log, log
