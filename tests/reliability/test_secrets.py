@@ -389,11 +389,14 @@ def test_slurm_run_leaks_no_canary(tmp_path: Path, key: str) -> None:
         unavailable("the SLURM cluster does not answer; run .ci/setup-slurm.sh")
     project = Project(tmp_path)
     partition = os.environ.get("MAD_TEST_SLURM_PARTITION", "debug")
-    ctx = ({"slurm_args": {"PARTITION": partition, "TIME": "2"}} if key == "slurm_args"
-           else {"slurm": {"partition": partition, "time": "2", "exclusive": False}})
+    # Two nodes: each sources (and deletes) its own file.
+    ctx = ({"slurm_args": {"PARTITION": partition, "TIME": "2", "NODES": 2}} if key == "slurm_args"
+           else {"slurm": {"partition": partition, "time": "2", "exclusive": False, "nodes": 2}})
     m, found = _run_and_scan(project, ["--mad-context=" + json.dumps(ctx)], while_running=_slurm_watch(project))
     assert found == [], found
     # The secret variables were never in the scripts: each node's 0600 file was read and deleted.
     log = (project.path / "mad_logs" / f"{m}.log").read_text()
     assert "secret environment" in log
+    hf = next(line.split("=", 1)[1] for line in log.splitlines() if "] HF_TOKEN=" in line)
+    assert log.count(f"HF_TOKEN={hf}") == 2, log  # both nodes got it
     assert not list((project.path / "mad_logs").rglob(".secret-env.node*")), "a secret environment file was left"
