@@ -135,3 +135,49 @@ def test_the_manifest_stores_no_secret_variable(monkeypatch: pytest.MonkeyPatch)
                                {"name": "m", "env_vars": env})
     doc = manifest.compose([rec], {"docker_env_vars": env}, [])
     assert "pa55-word-xyz" not in json.dumps(doc) and doc["built_models"]["img"]["env_vars"]["MODE"] == "1"
+
+
+@pytest.mark.parametrize("sbatch_fails", [False, True])
+def test_slurm_secret_files_are_gone_on_every_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   sbatch_fails: bool) -> None:
+    """Written 0600 before sbatch, sbatch runs without our secret variables, and the files are
+    removed whether the job is refused, cancelled at its deadline, or never read."""
+    import dataclasses
+
+    from pytest_madengine.executors.base import Cancel
+    from pytest_madengine.executors.slurm import executor as ex_mod
+    from pytest_madengine.executors.slurm import poller as P
+    from pytest_madengine.executors.slurm.executor import SlurmExecutor
+    from pytest_madengine.output import OutputSink
+    from pytest_madengine.session import Options
+    from tests.unit.test_slurm_deploy import Forever, spec
+
+    seen: dict[str, Any] = {}
+
+    class Cluster(Forever):
+        def run(self, argv: list[str], *, timeout: float = 60.0, env: Any = None) -> str:
+            if argv[0] == "sbatch":
+                seen["env"] = env
+                seen["files"] = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob(".secret-env.*")}
+                if sbatch_fails:
+                    raise P.ControllerError("sbatch: error: refused")
+            return super().run(argv, timeout=timeout, env=env)
+
+    monkeypatch.setattr(ex_mod, "CANCEL_WAIT_S", 0.2)
+    monkeypatch.setenv("MAD_SECRETS_X", CANARY)
+    ex = SlurmExecutor(Options(root=tmp_path, log_dir=tmp_path / "logs", work_dir=tmp_path / "work"),
+                       Context({"slurm": {"partition": "debug", "time": "5", "nodes": 2}}), "0123456789ab",
+                       poller=P.SlurmPoller(Cluster(), use_sacct=True))
+    s = spec(tmp_path, env={"HF_TOKEN": CANARY, "MODE": "x"})
+    s.run_dir.mkdir(parents=True)
+    plan = ex.plan(s)
+    assert CANARY not in plan.render() and "HF_TOKEN=***" in plan.render()
+    sink = OutputSink(tmp_path / "m.log")
+    out = ex.run(dataclasses.replace(plan, deadline_s=0.2), sink, Cancel())
+    sink.close()
+    ex.close()
+    assert out.problem
+    assert seen["files"] == {".secret-env.node0": 0o600, ".secret-env.node1": 0o600}
+    assert "MAD_SECRETS_X" not in seen["env"] and seen["env"].get("PATH")
+    assert not list(tmp_path.rglob(".secret-env.*"))
+    assert all(CANARY not in p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file())
