@@ -181,3 +181,35 @@ def test_slurm_secret_files_are_gone_on_every_path(tmp_path: Path, monkeypatch: 
     assert "MAD_SECRETS_X" not in seen["env"] and seen["env"].get("PATH")
     assert not list(tmp_path.rglob(".secret-env.*"))
     assert all(CANARY not in p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_docker_secret_file_is_written_0600_and_gone_when_the_container_never_starts(tmp_path: Path) -> None:
+    from docker.errors import APIError
+
+    from pytest_madengine.executors.base import Cancel
+    from pytest_madengine.executors.docker import container as dcontainer
+    from pytest_madengine.output import OutputSink
+
+    spec = _spec(tmp_path, {}, {"HF_TOKEN": CANARY})
+    spec.run_dir.mkdir()
+    plan = dplan.plan_container(spec, "img", name="n", keep_alive=False)
+    seen: dict[str, int] = {}
+
+    class Api:
+        def remove_container(self, cid: str, **kw: Any) -> None:
+            pass
+
+    class Containers:
+        def run(self, **kw: Any) -> Any:
+            seen["mode"] = stat.S_IMODE((spec.run_dir / secretenv.ENV_FILE).stat().st_mode)
+            assert CANARY not in json.dumps({k: kw[k] for k in ("environment", "command", "labels")})
+            raise APIError("no such image")
+
+    class Client:
+        api, containers = Api(), Containers()
+
+    sink = OutputSink(tmp_path / "m.log")
+    out = dcontainer.run_container(None, Client(), spec, plan, sink, Cancel(), lambda *a: None)  # type: ignore[arg-type]
+    sink.close()
+    assert out.problem.startswith("cannot start container n") and seen == {"mode": 0o600}
+    assert not (spec.run_dir / secretenv.ENV_FILE).exists()
