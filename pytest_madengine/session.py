@@ -35,7 +35,7 @@ from pytest_madengine.gpus.scheduling import WaitNotes
 from pytest_madengine.models import SCRIPT_KINDS, Model, TagSpec, path_bounds
 from pytest_madengine.models import run_options as docker_run_options
 from pytest_madengine.multinode import settings as multinode_mod
-from pytest_madengine.multinode.deployment import launch_for
+from pytest_madengine.multinode.deployment import launch_for, slurm_nodes
 from pytest_madengine.multinode.launchers import torchrun
 from pytest_madengine.multinode.launchers.base import Launch
 from pytest_madengine.multinode.node import NodeRun, check_mirror, mirror_context_mounts, mirror_env, nothing_reported
@@ -356,8 +356,10 @@ class MadSession:
 
     def launch_of(self, model: Model, ngpus: int) -> Launch | None:
         """The ``distributed`` launcher's runner and environment for this node (None without
-        ``distributed``). Raises LauncherError naming the key."""
-        return launch_for(model.raw, self.context, self.multi_node, ngpus, model.name)
+        ``distributed``). Raises LauncherError naming the key. On SLURM the `slurm` key's
+        ``nodes`` sizes the job, so it is the launcher's node count too (as in madengine)."""
+        job_nodes = slurm_nodes(model.raw, self.context) if self.executor.name == "slurm" else None
+        return launch_for(model.raw, self.context, self.multi_node, ngpus, model.name, job_nodes=job_nodes)
 
     def spec_for(self, run: ItemRun, gpus: tuple[int, ...],
                  data: data_resolve.DataResult | None = None) -> RunSpec:

@@ -15,7 +15,7 @@ COMPONENTS = {
     "launchers": ("multinode",), "serving_launchers": ("multinode",), "deployment": ("multinode",), "errorscan": ("results",), "shared_checkout": ("multinode",), "around_run": ("core",), "safety": ("core",), "layers": ("core",), "private_apis": ("core",), "dry_run": ("core",), "multinode": ("multinode",), "parallel": ("parallel",),
     "parallel_pure": ("parallel",), "slurm": ("slurm",), "slurm_args": ("slurm",), "slurm_batch": ("slurm",),
     "slurm_executor": ("slurm",), "slurm_poller": ("slurm",), "slurm_records": ("slurm",),
-    "slurm_deploy": ("slurm", "multinode"),
+    "slurm_deploy": ("slurm", "multinode"), "slurm_serving": ("slurm", "multinode"), "slurm_container": ("slurm", "docker"), "slurm_images": ("slurm", "docker"),
     "real_checkout": ("checkout",), "fuzz": ("reliability",), "checkout_paths": ("checkout",), "gitclone": ("checkout",),
     "metrics": ("results",), "report_columns": ("results",), "tools": ("core",),
     "data_providers": ("docker", "data"), "data_pure": ("data",),

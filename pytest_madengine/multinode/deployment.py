@@ -31,13 +31,28 @@ def distributed_settings(card: Mapping[str, Any], context: Mapping[str, Any]) ->
     return merge(dict(own), dict(given))
 
 
+def slurm_nodes(card: Mapping[str, Any], context: Mapping[str, Any]) -> int | None:
+    """``slurm.nodes`` (the card's under the context's) when it is a count: the size of a job
+    the `slurm` key deploys. Anything else is left to the deployment's own validation."""
+    own, given = card.get("slurm"), context.get("slurm")
+    merged = merge(dict(own) if isinstance(own, Mapping) else {}, dict(given) if isinstance(given, Mapping) else {})
+    nodes = merged.get("nodes")
+    if isinstance(nodes, str) and nodes.strip().isdigit():
+        nodes = int(nodes)
+    return nodes if isinstance(nodes, int) and not isinstance(nodes, bool) and nodes >= 1 else None
+
+
 def launch_for(card: Mapping[str, Any], context: Mapping[str, Any], mn: MultiNode, gpus: int,
-               model_name: str) -> Launch | None:
+               model_name: str, *, job_nodes: int | None = None) -> Launch | None:
     """The launcher's runner and environment for this node; None without ``distributed``
-    (madengine 1.x ``multi_node_args`` and the single-node default then apply as before)."""
+    (madengine 1.x ``multi_node_args`` and the single-node default then apply as before).
+    ``job_nodes``: the nodes of the job a scheduler runs the model in (``slurm.nodes``), the
+    default ``nnodes`` when ``multi_node_args`` does not place this node."""
     settings = distributed_settings(card, context)
     if not settings:
         return None
+    if job_nodes is not None and not mn.configured:
+        settings.setdefault("nnodes", job_nodes)
     if mn.configured:
         settings.setdefault("nnodes", mn.nnodes)
         if "port" not in settings and "master_port" not in settings:

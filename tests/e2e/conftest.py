@@ -18,6 +18,61 @@ from .multinode_helpers import NetnsGroup, NetnsPair, unavailable
 DOCKER_BASE = os.environ.get("MAD_TEST_BASE_IMAGE", "mad-base:bookworm")
 
 
+TORCH_WHEELS = "/opt/wheels/torch-2.13.0+cpu-*.whl"
+TORCH_DOCKERFILE = """\
+ARG BASE
+FROM ${BASE}
+COPY wheels /wheels
+RUN python3 -m pip install --no-cache-dir --break-system-packages --find-links /wheels torch==2.13.0 \\
+    && rm -rf /wheels && python3 -c "import torch.distributed as d; assert d.is_gloo_available()"
+"""
+
+
+@pytest.fixture(scope="session")
+def torch_image() -> Iterator[str]:
+    """The CI base image with this machine's PyTorch CPU wheel (``/opt/wheels``, hard-linked into
+    the build context; its other dependencies from PyPI), built once per session for every
+    module that runs torch in containers; removed at the end."""
+    import glob
+    import tempfile
+    import uuid
+
+    try:
+        import docker
+
+        c = docker.DockerClient.from_env(timeout=600)
+        c.ping()
+    except Exception as exc:  # noqa: BLE001
+        unavailable(f"no Docker daemon answers ({exc}); run .ci/setup-docker.sh")
+    wheels = sorted(glob.glob(TORCH_WHEELS))
+    if not wheels:
+        unavailable(f"no PyTorch CPU wheel at {TORCH_WHEELS}")
+    wheel = Path(wheels[-1])
+    ctx = Path(tempfile.mkdtemp(prefix="mad-torch-image-"))
+    tag = f"mad-e2e-torch:{uuid.uuid4().hex[:8]}"
+    try:
+        (ctx / "wheels").mkdir()
+        try:
+            os.link(wheel, ctx / "wheels" / wheel.name)  # no copy of 190 MB
+        except OSError:
+            shutil.copy2(wheel, ctx / "wheels" / wheel.name)
+        (ctx / "Dockerfile").write_text(TORCH_DOCKERFILE)
+        try:
+            c.images.build(path=str(ctx), tag=tag, buildargs={"BASE": DOCKER_BASE}, network_mode="host", rm=True,
+                           forcerm=True, labels={"org.pytest-madengine.e2e": "multinode"})
+        except Exception as exc:  # noqa: BLE001
+            log = "".join(str(chunk.get("stream", chunk)) for chunk in getattr(exc, "build_log", []) or [])
+            pytest.fail(f"building the PyTorch test image failed: {exc}\n{log[-3000:]}", pytrace=False)
+    finally:
+        shutil.rmtree(ctx, ignore_errors=True)
+    yield tag
+    try:
+        c.images.remove(tag, force=True)
+    except Exception:  # noqa: BLE001
+        pass
+    c.close()
+
+
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
     """A Docker SDK client for the engine .ci/setup-docker.sh starts, with its base image."""

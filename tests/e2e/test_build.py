@@ -285,6 +285,18 @@ def test_use_image_runs_every_model_in_it(project: BuildProject) -> None:
     assert list(csv.DictReader((project.path / "perf.csv").open()))[-1]["docker_image"] == BASE
 
 
+def test_use_image_auto_runs_each_model_in_its_cards_image(project: BuildProject) -> None:
+    """madengine's ``--use-image auto``: the card's env_vars.DOCKER_IMAGE_NAME; a card without
+    one fails its own item, naming the field, and the other model still runs."""
+    m = project.model("auto", 'echo "performance: 1 x"\n', env_vars={"DOCKER_IMAGE_NAME": BASE})
+    bare = project.model("noimage", 'echo "performance: 1 x"\n')
+    res = project.run("--mad-use-image=auto")
+    res.assert_outcomes(passed=1, failed=1)
+    res.stdout.fnmatch_lines([f"*{bare}*has no env_vars.DOCKER_IMAGE_NAME*"])
+    rows = {r["model"]: r for r in csv.DictReader((project.path / "perf.csv").open())}
+    assert rows[m]["docker_image"] == BASE and rows[bare]["status"] == "FAILURE"
+
+
 def test_build_secrets_stay_out_of_the_image(project: BuildProject, monkeypatch: pytest.MonkeyPatch) -> None:
     canary = "canary-" + uuid.uuid4().hex
     cred_canary = "credcanary-" + uuid.uuid4().hex

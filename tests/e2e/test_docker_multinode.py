@@ -10,14 +10,10 @@ tests skip, except under CI=true where they fail.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,54 +21,11 @@ import pytest
 
 from pytest_madengine.executors.docker import plan as dplan
 
-from .multinode_helpers import Nodes, copy_demo, free_port_pair, node_context, show, unavailable
+from .multinode_helpers import Nodes, copy_demo, free_port_pair, node_context, show
 
 pytestmark = pytest.mark.docker
 
 BASE = os.environ.get("MAD_TEST_BASE_IMAGE", "mad-base:bookworm")
-WHEELS = "/opt/wheels/torch-2.13.0+cpu-*.whl"
-
-TORCH_DOCKERFILE = """\
-ARG BASE
-FROM ${BASE}
-COPY wheels /wheels
-RUN python3 -m pip install --no-cache-dir --break-system-packages --find-links /wheels torch==2.13.0 \\
-    && rm -rf /wheels && python3 -c "import torch.distributed as d; assert d.is_gloo_available()"
-"""
-
-
-
-
-@pytest.fixture(scope="module")
-def torch_image(client: Any) -> Iterator[str]:
-    wheels = sorted(glob.glob(WHEELS))
-    if not wheels:
-        unavailable(f"no PyTorch CPU wheel at {WHEELS}")
-    wheel = Path(wheels[-1])
-    ctx = Path(tempfile.mkdtemp(prefix="mad-torch-image-"))
-    tag = f"mad-e2e-torch:{uuid.uuid4().hex[:8]}"
-    try:
-        (ctx / "wheels").mkdir()
-        try:
-            os.link(wheel, ctx / "wheels" / wheel.name)  # no copy of 190 MB
-        except OSError:
-            shutil.copy2(wheel, ctx / "wheels" / wheel.name)
-        (ctx / "Dockerfile").write_text(TORCH_DOCKERFILE)
-        try:
-            client.images.build(path=str(ctx), tag=tag, buildargs={"BASE": BASE}, network_mode="host", rm=True,
-                                forcerm=True, labels={"org.pytest-madengine.e2e": "multinode"})
-        except Exception as exc:  # noqa: BLE001
-            log = "".join(str(chunk.get("stream", chunk)) for chunk in getattr(exc, "build_log", []) or [])
-            pytest.fail(f"building the PyTorch test image failed: {exc}\n{log[-3000:]}", pytrace=False)
-    finally:
-        shutil.rmtree(ctx, ignore_errors=True)
-    yield tag
-    try:
-        client.images.remove(tag, force=True)
-    except Exception:  # noqa: BLE001
-        pass
-
-
 def _cleanup(client: Any, token: str) -> None:
     for c in client.containers.list(all=True, filters={"label": dplan.LABEL_MODEL}, ignore_removed=True):
         if token in c.labels.get(dplan.LABEL_MODEL, ""):

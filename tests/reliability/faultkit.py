@@ -11,9 +11,11 @@ import collections
 import csv
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -183,3 +185,80 @@ def peak_rss_kib(pid: int) -> int:
         pass
     return 0
 
+
+
+class CuttingProxy:
+    """A TCP proxy in front of a registry that plays the registry's death at a known moment:
+    once ``cut_after`` bytes have passed one way (``"down"``: registry to Docker, a pull;
+    ``"up"``: Docker to registry, a push) it calls ``on_cut`` (which kills the registry),
+    stops listening and drops every connection. The transfer is cut where it is, and every
+    later try is refused, as by a dead host. Counting bytes, not sleeping, makes "mid-pull"
+    certain however fast loopback is."""
+
+    def __init__(self, upstream: str, cut_after: int, direction: str, on_cut: Callable[[], None]) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.cut_after, self.direction, self.on_cut = cut_after, direction, on_cut
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.addr = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.passed = 0
+        self.cut = threading.Event()
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True, name="cutting-proxy").start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed by the cut
+            try:
+                server = socket.create_connection(self.upstream, timeout=10)
+                server.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self.cut.is_set():
+                    client.close()
+                    server.close()
+                    return
+                self._conns += [client, server]
+            for src, dst, counted in ((client, server, self.direction == "up"), (server, client, self.direction == "down")):
+                threading.Thread(target=self._pipe, args=(src, dst, counted), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+                if counted:
+                    with self._lock:
+                        self.passed += len(data)
+                        due = self.passed >= self.cut_after and not self.cut.is_set()
+                    if due:
+                        self.kill()
+                        return
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def kill(self) -> None:
+        """The registry dies now (also the teardown's way to stop the proxy)."""
+        with self._lock:
+            if self.cut.is_set():
+                return
+            self.cut.set()
+            conns, self._conns = self._conns, []
+        self.on_cut()
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept above
+        except OSError:
+            pass
+        self.listener.close()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()

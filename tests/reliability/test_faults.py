@@ -21,7 +21,7 @@ import pytest
 
 from tests.e2e.multinode_helpers import unavailable
 
-from .faultkit import ROOT, Project, check, junit_cases, peak_rss_kib, reason
+from .faultkit import ROOT, CuttingProxy, Project, check, junit_cases, peak_rss_kib, reason
 
 LOCAL = "--mad-executor=local"
 PERF_OK = 'echo "performance: 1 samples_per_second"\n'
@@ -127,28 +127,33 @@ def test_model_forks_a_thousand_processes(project: Project) -> None:
     assert check(project, [m])[m]["status"] == "SUCCESS"
 
 
-HUGE_LINE_BYTES = 1 << 30  # 1 GiB without a newline; the README's figure
+HUGE_LINE_MIB = 10 * 1024  # 10 GiB without a newline; the README's figure
+# The model writes it from one 1 MiB buffer: `head -c | tr` manages ~0.6 GiB/s here, slower than our reader.
+WRITE_HUGE_LINE = f"import os; b = b'x' * (1 << 20); [os.write(1, b) for _ in range({HUGE_LINE_MIB})]"
 
 
-def test_model_prints_a_gigabyte_on_one_line(project: Project) -> None:
+def test_model_prints_ten_gigabytes_on_one_line(project: Project) -> None:
     m = project.model("oneline", f"""
         #!/usr/bin/env bash
-        head -c {HUGE_LINE_BYTES} /dev/zero | tr '\\0' 'x'
+        python3 -c "{WRITE_HUGE_LINE}"
         echo
         echo "performance: 7 samples_per_second"
     """)
+    t0 = time.monotonic()
     proc = project.start(LOCAL)
     peak = 0
     while proc.poll() is None:
         peak = max(peak, peak_rss_kib(proc.pid))
         time.sleep(0.1)
+    took = time.monotonic() - t0
     rc, out = project.finish()
     assert rc == 0, out
     assert check(project, [m])[m]["performance"] == "7"
     log = project.path / "mad_logs" / f"{m}.log"
     assert log.stat().st_size < 4 << 20  # the line is cut in the log: the disk is safe too
-    assert f"{HUGE_LINE_BYTES - (1 << 20)} more characters of it are not logged" in log.read_text()
+    assert f"{(HUGE_LINE_MIB - 1) << 20} more characters of it are not logged" in log.read_text()
     assert 0 < peak < 200 * 1024, f"controller peak RSS {peak} KiB"
+    print(f"10 GiB on one line: {took:.1f} s, {HUGE_LINE_MIB / 1024 / took:.2f} GiB/s end to end; peak RSS {peak} KiB")
 
 
 def test_model_closes_stdout_and_keeps_running(project: Project) -> None:
@@ -360,7 +365,8 @@ def test_docker_daemon_sigkilled(cell: DockerCell, killable_dockerd: Callable[[]
     assert cell.containers() == [] and cell.build_containers() == []
 
 
-def test_ctrl_c_during_docker_build(cell: DockerCell) -> None:
+@pytest.mark.parametrize("how", SIGNALS)
+def test_signal_during_docker_build(cell: DockerCell, how: str) -> None:
     p = cell.project
     m = p.model("slowbuild", PERF_OK, dockerfile=cell.dockerfile("slow", SLOW_BUILD))
     other = p.model("other", PERF_OK, dockerfile="docker/base")
@@ -368,7 +374,7 @@ def test_ctrl_c_during_docker_build(cell: DockerCell) -> None:
     build_log = p.path / "mad_logs" / f"{m}.build.log"
     p.wait_for(lambda: build_log.exists() and "building-slowly" in build_log.read_text(), why="build step")
     t0 = time.monotonic()
-    p.signal(signal.SIGINT)
+    p.signal(*SIGNALS[how])
     rc, out = p.finish(timeout=120)
     assert time.monotonic() - t0 < 45, out  # not the build's 60 s
     assert rc != 0, out
@@ -416,7 +422,7 @@ def restore_slurm() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("how", ["sigint", "sigterm"])
+@pytest.mark.parametrize("how", SIGNALS)
 def test_signal_during_slurm_queue_wait(project: Project, cluster: None, how: str) -> None:
     # Every node is taken by a job of our own, so the run's job waits in the queue.
     hold = sh("sbatch", "--parsable", "-p", PARTITION, "-N", "4", "--exclusive", f"--job-name=hold_{project.token}",
@@ -445,16 +451,22 @@ def _stop(pidfile: str) -> None:
         time.sleep(0.1)
 
 
-def test_slurmctld_and_slurmdbd_restarted_mid_job(project: Project, cluster: None) -> None:
+# slurmdbd alone: slurmctld keeps the job, but sacct (how the executor learns a job's end) fails
+# until slurmdbd is back; both: the controller too, its state reloaded from StateSaveLocation.
+RESTARTS = {"slurmctld+slurmdbd": ("slurmctld", "slurmdbd"), "slurmdbd": ("slurmdbd",)}
+
+
+@pytest.mark.parametrize("daemons", RESTARTS)
+def test_slurm_daemons_restarted_mid_job(project: Project, cluster: None, daemons: str) -> None:
     started = project.path / "started"
     m = project.model("steady", f"touch {started}\nsleep 6\n{PERF_OK}")
     other = project.model("other", PERF_OK)
     project.start(slurm_args())
     project.wait_for(started.exists, timeout=90, why="job started")
     try:
-        _stop("/run/slurm/slurmctld.pid")
-        _stop("/run/slurm/slurmdbd.pid")
-        time.sleep(3)
+        for daemon in RESTARTS[daemons]:
+            _stop(f"/run/slurm/{daemon}.pid")
+        time.sleep(8)  # past the job's end: its result must wait for the daemons
     finally:
         restore_slurm()
     rc, out = project.finish(timeout=240)
@@ -504,10 +516,9 @@ def test_rendezvous_peer_killed_after_joining(project: Project) -> None:
 # ------------------------------------------------------------------ a registry down when the base image is pulled
 
 
-@pytest.fixture
-def own_registry(tmp_path: Path, docker_client: Any) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A throwaway docker-registry (as .ci/setup-docker.sh runs them) on a free port, holding
-    the base image; never the shared ones on 5000/5001."""
+def serve_registry(folder: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """A throwaway docker-registry (as .ci/setup-docker.sh runs them) on a free port, storing in
+    ``folder``; never the shared ones on 5000/5001."""
     import shutil
     import socket
 
@@ -516,26 +527,38 @@ def own_registry(tmp_path: Path, docker_client: Any) -> Iterator[tuple[str, subp
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         addr = f"127.0.0.1:{s.getsockname()[1]}"
-    folder = tmp_path / "registry"
-    (folder / "data").mkdir(parents=True)
+    (folder / "data").mkdir(parents=True, exist_ok=True)
     (folder / "config.yml").write_text(f"version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: "
                                        f"{{rootdirectory: {folder / 'data'}}}\nhttp: {{addr: {addr}}}\n")
     proc = subprocess.Popen(["docker-registry", "serve", str(folder / "config.yml")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while sh("curl", "-s", "-o", "/dev/null", f"http://{addr}/v2/").returncode != 0:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            stop_registry(proc)
+            raise AssertionError("the throwaway registry did not start")
+        time.sleep(0.2)
+    return addr, proc
+
+
+def stop_registry(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture
+def own_registry(tmp_path: Path, docker_client: Any) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A throwaway registry holding the base image."""
+    addr, proc = serve_registry(tmp_path / "registry")
     ref = f"{addr}/mad-fault-base:latest"
     try:
-        deadline = time.monotonic() + 30
-        while sh("curl", "-s", "-o", "/dev/null", f"http://{addr}/v2/").returncode != 0:
-            assert time.monotonic() < deadline and proc.poll() is None, "the throwaway registry did not start"
-            time.sleep(0.2)
         docker_client.images.get(BASE).tag(ref)
         docker_client.images.push(ref)
         docker_client.images.remove(ref)
         yield ref, proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_registry(proc)
         try:
             docker_client.images.remove(ref, force=True)
         except Exception:  # noqa: BLE001
@@ -553,3 +576,119 @@ def test_registry_down_when_the_base_image_is_pulled(cell: DockerCell, own_regis
     assert rc == 1, out
     check(p, [m], leftovers=cell.containers)
     assert ref.split("/")[0] in reason(p, m) and "Traceback" not in out, reason(p, m)
+
+
+# ------------------------------------------------------------------ a registry that dies in the middle of a pull or push
+
+BIG_LAYER_MIB = 128  # random, so compression leaves it as big: the cut below lands well inside it
+CUT_AFTER = 16 << 20
+BIG_REPO = "mad-fault-big"
+
+
+def _our_registry_tags(client: Any, *needles: str) -> list[str]:
+    return [t for image in client.images.list() for t in image.tags if any(n in t for n in needles)]
+
+
+@pytest.fixture(scope="module")
+def big_image_storage() -> tuple[Path, str]:
+    """A registry storage folder holding ``mad-fault-big:<tag>``: the base image plus a layer of
+    random bytes. Built and pushed once per machine (kept in MAD_CI_STATE, keyed by the base
+    image's id); the image itself is not kept locally, so a pull must fetch every byte of it."""
+    import docker
+
+    try:
+        client = docker.DockerClient.from_env(timeout=120)
+        base_id = client.images.get(BASE).id.split(":")[-1][:12]
+    except Exception as exc:  # noqa: BLE001
+        unavailable(f"no Docker daemon with {BASE} ({exc}); run .ci/setup-docker.sh")
+    tag = f"{BIG_LAYER_MIB}m-{base_id}"
+    folder = Path(os.environ.get("MAD_CI_STATE", "/var/lib/mad-ci")) / "fault-registry-big"
+    link = folder / "data/docker/registry/v2/repositories" / BIG_REPO / "_manifests/tags" / tag / "current/link"
+    if not link.exists():  # written last by the registry, after every blob
+        import io
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)  # an image of an older base: one copy on disk, not one per base
+        addr, proc = serve_registry(folder)
+        ref = f"{addr}/{BIG_REPO}:{tag}"
+        dockerfile = f"FROM {BASE}\nRUN head -c {BIG_LAYER_MIB}M /dev/urandom > /big.bin\n"
+        try:
+            client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=ref, rm=True, forcerm=True)
+            client.images.push(ref)
+        finally:
+            stop_registry(proc)
+            try:
+                client.images.remove(ref, force=True)
+            except Exception:  # noqa: BLE001
+                pass
+        assert link.exists(), f"the push of {ref} did not land in {folder}"
+    client.close()
+    return folder, tag
+
+
+@pytest.fixture
+def dying_registry() -> Iterator[Callable[[Path, str], CuttingProxy]]:
+    """dying(folder, direction): a registry on ``folder`` behind a proxy that SIGKILLs it and
+    drops every connection once CUT_AFTER bytes went that way; both stopped afterwards."""
+    made: list[tuple[CuttingProxy, subprocess.Popen[bytes]]] = []
+
+    def dying(folder: Path, direction: str) -> CuttingProxy:
+        addr, proc = serve_registry(folder)
+        proxy = CuttingProxy(addr, CUT_AFTER, direction, lambda: stop_registry(proc))
+        made.append((proxy, proc))
+        return proxy
+
+    yield dying
+    for proxy, proc in made:
+        proxy.kill()
+        stop_registry(proc)
+
+
+def test_registry_dies_mid_pull_and_mid_push(cell: DockerCell, tmp_path: Path, big_image_storage: tuple[Path, str],
+                                             dying_registry: Callable[[Path, str], CuttingProxy]) -> None:
+    """Two faults, two runs at the same time: each ends only when the Docker daemon gives up
+    (5 tries, 5 to 20 s apart: ~50-75 s), nearly all of it waiting, so one wait serves both.
+    Pull: ``--mad-use-image`` of an image whose random 128 MiB layer is not on this host; the
+    registry dies 16 MiB into it. Push: ``--mad-build-only --mad-registry`` of a built image
+    with such a layer; the registry dies after 16 MiB of it were sent."""
+    folder, tag = big_image_storage
+    puller = cell.project
+    pull_proxy = dying_registry(folder, "down")
+    ref = f"{pull_proxy.addr}/{BIG_REPO}:{tag}"
+    pulled = puller.model("pulled", PERF_OK)
+
+    pusher = Project(tmp_path / "pusher", puller.token)
+    pusher.path.mkdir()
+    push_cell = DockerCell(pusher, cell.client)
+    push_proxy = dying_registry(tmp_path / "push-registry", "up")
+    pushed = pusher.model("pushed", PERF_OK, dockerfile=push_cell.dockerfile(
+        "big", f"RUN head -c {BIG_LAYER_MIB}M /dev/urandom > /big.bin\n"))
+
+    t0 = time.monotonic()
+    try:
+        pusher.start("--mad-executor=docker", DOCKER_CTX, "--mad-build-only", "--mad-build-perf-rows",
+                     f"--mad-registry={push_proxy.addr}")
+        puller.start("--mad-executor=docker", f"--mad-use-image={ref}")
+        pull_rc, pull_out = puller.finish(timeout=240)
+        push_rc, push_out = pusher.finish(timeout=240)
+    finally:
+        pusher.stop()
+    took = time.monotonic() - t0
+
+    assert pull_proxy.cut.is_set(), f"the pull never got {CUT_AFTER} bytes in\n{pull_out[-3000:]}"
+    assert pull_rc == 1, pull_out
+    check(puller, [pulled], leftovers=lambda: cell.containers() + _our_registry_tags(cell.client, pull_proxy.addr, BIG_REPO))
+    why = reason(puller, pulled)
+    assert f"cannot pull image {ref}: " in why and "connection refused" in why, why
+    assert "no credentials" not in why and "Traceback" not in pull_out, why  # not an auth problem
+
+    assert push_proxy.cut.is_set(), f"the push never sent {CUT_AFTER} bytes\n{push_out[-3000:]}"
+    assert push_rc == 1, push_out
+    check(pusher, [pushed], leftovers=lambda: push_cell.containers() + push_cell.build_containers()
+          + _our_registry_tags(cell.client, push_proxy.addr))
+    why = reason(pusher, pushed)
+    assert f"push of {push_proxy.addr}/" in why and "failed" in why and "Traceback" not in push_out, why
+    doc = json.loads((pusher.path / "build_manifest.json").read_text())
+    assert doc["built_images"] == {} and doc["summary"]["failed_pushes"] == 1, doc
+    print(f"registry killed after {pull_proxy.passed >> 20} MiB of the pull and {push_proxy.passed >> 20} MiB of the "
+          f"push; both items failed within {took:.0f} s")

@@ -190,3 +190,13 @@ def test_build_option_errors(pytester: pytest.Pytester, args: list[str], message
     res = pytester.runpytest("-p", "no:cacheprovider", "--mad-dry-run", *args)
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines([f"*{message}*"])
+
+
+def test_use_image_auto_is_the_cards_docker_image_name() -> None:
+    from pytest_madengine.errors import ExecutorError
+    from pytest_madengine.executors.docker.manifest import use_image
+    assert use_image("reg:5000/x:1", "m", {}) == ("reg:5000/x:1", "--mad-use-image")
+    image, source = use_image("auto", "m", {"DOCKER_IMAGE_NAME": "rocm/vllm:latest"})
+    assert image == "rocm/vllm:latest" and "auto" in source
+    with pytest.raises(ExecutorError, match="model 'm' has no env_vars.DOCKER_IMAGE_NAME.*'env_vars'"):
+        use_image("auto", "m", {"OTHER": "1"})

@@ -270,3 +270,14 @@ def test_a_stream_broken_by_a_dying_daemon_is_a_connection_error() -> None:
     broken = urllib3.exceptions.ProtocolError("Response ended prematurely", http.client.IncompleteRead(b""))
     assert daemon.is_connection_error(broken) and daemon.is_connection_error(http.client.IncompleteRead(b""))
     assert not daemon.is_connection_error(APIError("no such image")) and not daemon.is_connection_error(ValueError())
+
+
+@pytest.mark.parametrize(("message", "about_credentials"), [
+    ("unauthorized: authentication required", True),
+    ("Head http://127.0.0.1:5001/v2/x/manifests/1: no basic auth credentials", True),
+    ("pull access denied for x, repository does not exist or may require 'docker login'", True),
+    ("dial tcp 127.0.0.1:42225: connect: connection refused", False),
+    ("manifest for x:1 not found: manifest unknown", False),
+])
+def test_the_credentials_hint_only_for_a_refusal_about_credentials(message: str, about_credentials: bool) -> None:
+    assert ddaemon.refused_for_credentials(message) is about_credentials

@@ -334,3 +334,31 @@ class TestValidation:
     def test_ipv6_master_is_accepted(self):
         t = Topology(2, 1, 0, "fe80::1%eth0", 29500)
         assert "--master_addr=fe80::1%eth0" in run("torchrun", t).runner
+
+
+# --- the job's size on SLURM -------------------------------------------------------------------
+
+def test_slurm_nodes_reads_the_card_under_the_context() -> None:
+    from pytest_madengine.multinode.deployment import slurm_nodes
+    assert slurm_nodes({"slurm": {"nodes": 3}}, {}) == 3
+    assert slurm_nodes({"slurm": {"nodes": 3}}, {"slurm": {"nodes": "4"}}) == 4
+    assert slurm_nodes({}, {"slurm": {"partition": "p"}}) is None
+    for bad in (0, -1, True, "two", 2.5, None):  # left to the deployment's own validation
+        assert slurm_nodes({"slurm": {"nodes": bad}}, {}) is None
+    assert slurm_nodes({"slurm": "nodes=3"}, {}) is None
+
+
+def test_the_slurm_job_size_is_the_launchers_node_count() -> None:
+    """A card with ``slurm.nodes: 3`` and sglang-disagg is valid on SLURM (the job has 3 nodes);
+    an explicit ``distributed.nnodes`` still wins."""
+    from pytest_madengine.multinode.deployment import launch_for
+    from pytest_madengine.multinode.settings import MultiNode
+    mn = MultiNode()
+    card = {"distributed": {"launcher": "sglang-disagg"}, "slurm": {"nodes": 3}}
+    with pytest.raises(LauncherError, match="needs at least 3 nodes"):
+        launch_for(card, {}, mn, 1, "m")
+    got = launch_for(card, {}, mn, 1, "m", job_nodes=3)
+    assert got is not None and got.env["SGLANG_DISAGG_TOTAL_NODES"] == "3"
+    pinned = {"distributed": {"launcher": "torchrun", "nnodes": 1}}
+    got = launch_for(pinned, {}, mn, 1, "m", job_nodes=2)
+    assert got is not None and "--standalone" in got.runner

@@ -43,3 +43,41 @@ def test_a_full_file_system_stops_the_log_not_the_output(tmp_path: Path, monkeyp
     assert sink.log_error == f"cannot write {tmp_path / 'm.log'}: No space left on device"
     assert sink.tail() == ["before", "lost 1", "performance: 3 x"]  # still drained and tailed
     assert sink.scanner.count == 1
+
+
+class Trickle(io.RawIOBase):
+    """A pipe that hands out its bytes in pieces of the sizes given, cycled."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self.data, self.sizes, self.pos, self.i = data, sizes, 0, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read1(self, n: int = -1) -> bytes:
+        size = min(n, self.sizes[self.i % len(self.sizes)])
+        self.i += 1
+        piece = self.data[self.pos:self.pos + size]
+        self.pos += len(piece)
+        return piece
+
+
+@pytest.mark.parametrize("sizes", [[1], [7, 3, 5000], [MAX_LINE + 1], [1 << 20]])
+def test_lines_split_across_reads_are_logged_whole(tmp_path: Path, sizes: list[int]) -> None:
+    lines = [b"short", b"", b"z" * (MAX_LINE - 1), b"performance: 2 x", "ünï".encode(), b"end"]
+    sink = OutputSink(tmp_path / "m.log")
+    sink.pump(Trickle(b"\n".join(lines) + b"\nno newline at the end", sizes))  # type: ignore[arg-type]
+    sink.close()
+    expected = b"\n".join(lines).decode() + "\nno newline at the end\n"
+    assert (tmp_path / "m.log").read_text() == expected
+    assert sink.scanner.count == 1 and sink.tail(1) == ["no newline at the end"]
+
+
+def test_a_long_line_pieces_are_max_line_and_the_cut_counts_characters(tmp_path: Path) -> None:
+    head = b"a" * MAX_LOG_LINE
+    sink = OutputSink(tmp_path / "m.log")
+    sink.pump(Trickle(head + "é€😀".encode() * 1000 + b"\nperformance: 5 x\n", [4093]))  # type: ignore[arg-type]
+    sink.close()
+    text = (tmp_path / "m.log").read_text()
+    assert "cut at 1048576 bytes: 3000 more characters of it are not logged" in text
+    assert sink.scanner.count == 1 and text.endswith("performance: 5 x\n")

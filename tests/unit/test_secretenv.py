@@ -213,3 +213,18 @@ def test_docker_secret_file_is_written_0600_and_gone_when_the_container_never_st
     sink.close()
     assert out.problem.startswith("cannot start container n") and seen == {"mode": 0o600}
     assert not (spec.run_dir / secretenv.ENV_FILE).exists()
+
+
+def test_slurm_key_tasks_in_an_image_hand_the_file_to_the_container(tmp_path: Path) -> None:
+    from pytest_madengine.executors.slurm.container import NodeImage
+
+    job = jobscript.DeployJob(kind="tasks", job_name="j", job_dir=tmp_path, node_dir=tmp_path / "w", argv=("bash", "x"),
+                              settings=SlurmSettings(), time="1", gpus_per_node=0, launcher="torchrun",
+                              env={"MODE": "fast"}, secret_env={"HF_TOKEN": CANARY},
+                              ranks=(jobscript.NodeForm(env={"HF_TOKEN": "launcher's"}),), image=NodeImage("img"))
+    text = jobscript.task_script(job)
+    run = next(x for x in text.splitlines() if x.startswith("docker run"))
+    assert "-e HF_TOKEN" not in run and "-e MODE" in run and secretenv.LOADER_NAME in run
+    assert f"/{secretenv.ENV_FILE}" in text and CANARY not in text
+    assert f"MAD_SECRET_FILE={job.secret_word()}" not in text  # not sourced on the host: the container reads it
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_madengine.executors.docker.manifest import NodePull
 from pytest_madengine.executors.slurm.batch import BatchPlan, batch_script, job_name, task_script
 
 
@@ -174,11 +175,13 @@ def test_executor_reports_unexportable_names_as_the_models_problem(
 
 
 def test_each_node_pulls_the_manifest_image_before_its_container() -> None:
-    pull = "docker pull r:5000/ci-m@sha256:ab || { echo 'cannot pull' >&2; exit 1; }\ndocker tag r:5000/ci-m@sha256:ab r:5000/ci-m:h\n"
+    pull = NodePull("r:5000/ci-m:h", "sha256:ab")
     text = task_script(plan(docker_image="r:5000/ci-m:h", node_pull=pull))
     lines = text.splitlines()
-    at_pull = lines.index("docker pull r:5000/ci-m@sha256:ab || { echo 'cannot pull' >&2; exit 1; }")
+    at_pull = next(i for i, ln in enumerate(lines) if ln.startswith("docker pull r:5000/ci-m@sha256:ab || "))
     at_run = next(i for i, ln in enumerate(lines) if ln.startswith("docker run"))
-    assert 'echo "pytest-madengine: node $NODE_RANK pulls r:5000/ci-m:h"' in lines
+    assert 'echo "pytest-madengine: node $SLURM_NODEID pulls "r:5000/ci-m:h' in lines
+    assert lines[at_pull + 1] == "docker tag r:5000/ci-m@sha256:ab r:5000/ci-m:h || exit 1"
     assert at_pull < at_run and "r:5000/ci-m:h" in lines[at_run]
-    assert "docker pull" not in task_script(plan(docker_image="r:5000/ci-m:h"))
+    assert "docker pull" not in task_script(plan(docker_image="mad-base:bookworm"))  # a local name
+    assert "docker pull rocm/x:1 ||" in task_script(plan(docker_image="rocm/x:1"))  # a registry name, by name

@@ -92,6 +92,17 @@ def api_message(exc: BaseException) -> str:
     return " ".join(text.split())[:500]
 
 
+_AUTH_REFUSALS = ("unauthorized", "authentication required", "no basic auth credentials", "denied", "forbidden",
+                  "docker login")
+
+
+def refused_for_credentials(message: str) -> bool:
+    """Whether a registry error is about credentials: only then does "no credentials for X"
+    help (a registry that went down mid-pull answers "connection refused")."""
+    text = message.lower()
+    return any(word in text for word in _AUTH_REFUSALS)
+
+
 def spec_cred_hint(host: str) -> str:
     if registry.is_hub(host):
         return "credential.json ('dockerhub') or MAD_DOCKERHUB_USER/MAD_DOCKERHUB_PASSWORD"

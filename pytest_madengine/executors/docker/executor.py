@@ -95,6 +95,8 @@ class DockerExecutor(Executor):
             return (f"images: from the manifest {self.manifest.path} (pulled when absent, digest checked"
                     + (", on every node before the rendezvous" if multi_node else "") + "; nothing built)")
         if self.use_image:
+            if self.use_image == "auto":
+                return "images: each model's env_vars.DOCKER_IMAGE_NAME (--mad-use-image auto; nothing built)"
             return f"images: {self.use_image} for every model (--mad-use-image; nothing built)"
         push = f", pushed to {self.registry_text}" if self.registry is not None else ""
         if multi_node:
@@ -132,8 +134,8 @@ class DockerExecutor(Executor):
                              digest=entry.docker_sha or entry.image_id, build_hash=entry.build_hash,
                              arch=entry.gpu_architecture)
         if self.use_image:
-            return BuildPlan(self.use_image, "", None, "", {}, self.use_image, registry.registry_of(self.use_image),
-                             prebuilt=True, source="--mad-use-image")
+            image, source = manifest_mod.use_image(self.use_image, spec.model.name, spec.model.env_vars)
+            return BuildPlan(image, "", None, "", {}, image, registry.registry_of(image), prebuilt=True, source=source)
         return None
 
     # -- build phase (--mad-build-only)

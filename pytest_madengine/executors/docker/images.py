@@ -28,7 +28,7 @@ from pytest_madengine import process
 from pytest_madengine.errors import ExecutorError
 from pytest_madengine.executors.base import Cancel, RunSpec
 from pytest_madengine.executors.docker import buildsecrets, publish, registry
-from pytest_madengine.executors.docker.daemon import SLICE_S, api_message, spec_cred_hint
+from pytest_madengine.executors.docker.daemon import SLICE_S, api_message, refused_for_credentials, spec_cred_hint
 from pytest_madengine.executors.docker.manifest import RegistryTarget
 from pytest_madengine.executors.docker.plan import LABEL, LABEL_BUILD_SESSION, LABEL_HASH, BuildPlan, build_timeout
 from pytest_madengine.output import OutputSink
@@ -480,6 +480,7 @@ class ImageBuilder:
         repo, tag = parse_repository_tag(ref)
         result: dict[str, Any] = {}
         last = {"t": 0.0}
+        was_retrying: set[str] = set()  # layers whose retry countdown has been said
         stop = threading.Event()
 
         def consume() -> None:
@@ -491,6 +492,12 @@ class ImageBuilder:
                         result["error"] = str((ev.get("errorDetail") or {}).get("message") or ev["error"])
                         continue
                     status, layer = str(ev.get("status", "")), str(ev.get("id", ""))
+                    if status.startswith("Retrying in"):
+                        if layer in was_retrying:
+                            continue  # the daemon counts down each second: the countdown's first line says it
+                        was_retrying.add(layer)
+                    else:
+                        was_retrying.discard(layer)
                     line = f"{layer}: {status} {ev.get('progress', '')}".strip(": ").strip()
                     if status in ("Downloading", "Extracting"):
                         now = time.monotonic()
@@ -509,7 +516,8 @@ class ImageBuilder:
         if "exception" in result:
             raise result["exception"]
         if "error" in result:
-            hint = "" if cred else (f"; no credentials for {host} in {spec_cred_hint(host)}")
+            hint = "" if cred or not refused_for_credentials(result["error"]) else (
+                f"; no credentials for {host} in {spec_cred_hint(host)}")
             raise BuildFailed(registry.redact(f"cannot pull {what} {ref}: {result['error']}{hint}", secrets))
         log.note(f"pulled {ref}")
 

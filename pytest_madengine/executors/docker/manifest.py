@@ -131,11 +131,12 @@ class NodePull:
     def argv(self) -> list[list[str]]:
         return [["docker", "pull", self.pinned], ["docker", "tag", self.pinned, self.reference]]
 
-    def script(self) -> str:
-        """Lines for a generated shell script (every word quoted): pull or fail, naming the digest."""
+    def script(self, who: str = "") -> str:
+        """Lines for a generated shell script (every word quoted): pull or fail, naming the digest.
+        ``who``: a shell word put before the message (a SLURM node names itself)."""
         pull, tag = (shlex.join(a) for a in self.argv())
-        why = shlex.quote(f"cannot pull {self.pinned}: the registry does not hold the image the manifest names")
-        return f"{pull} || {{ echo {why} >&2; exit 1; }}\n{tag}\n"
+        why = shlex.quote(f"cannot pull {self.pinned} (the image the manifest names, by its digest)")
+        return f"{pull} || {{ echo {who}{why} >&2; exit 1; }}\n{tag} || exit 1\n"
 
 
 @dataclass(frozen=True)
@@ -364,3 +365,16 @@ def load(path: Path) -> Manifest:
     if not isinstance(models, dict):
         raise ManifestError(f"{path}: field 'built_models' must be an object")
     return Manifest(path, tuple(images), models)
+
+
+def use_image(value: str, model_name: str, env_vars: Mapping[str, str]) -> tuple[str, str]:
+    """``--mad-use-image IMG|auto`` for one model: (image, where it came from). ``auto`` is the
+    card's ``env_vars.DOCKER_IMAGE_NAME``, as madengine's ``--use-image auto``; a card without
+    one fails its own item, naming the field."""
+    if value != "auto":
+        return value, "--mad-use-image"
+    name = str(env_vars.get("DOCKER_IMAGE_NAME") or "").strip()
+    if not name:
+        raise ExecutorError(f"--mad-use-image auto: model '{model_name}' has no env_vars.DOCKER_IMAGE_NAME "
+                            "(models.json field 'env_vars') to run in")
+    return name, "--mad-use-image auto (the card's DOCKER_IMAGE_NAME)"

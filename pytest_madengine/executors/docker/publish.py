@@ -81,15 +81,31 @@ def remote_digest(client: Any, reference: str, auth: dict[str, str] | None) -> s
 def push(client: Any, image_id: str, target: RegistryTarget, local_name: str, build_hash: str,
          entries: Mapping[str, Any], secrets: set[str], say: Callable[[str], None]) -> Pushed:
     """Tag ``image_id`` as ``target``'s content name and push it. Raises PushFailed with the
-    registry's answer (redacted)."""
+    registry's answer (redacted); the tag goes again then: a local name saying the registry
+    holds an image it does not hold would mislead (the image keeps its own name)."""
+    reference = target.reference(local_name, build_hash)
+    tagged: list[bool] = []
+    try:
+        return _push(client, image_id, reference, target, entries, secrets, say, tagged)
+    except PushFailed:
+        if tagged:
+            try:
+                client.api.remove_image(reference, noprune=True)
+            except Exception:  # noqa: BLE001 - best effort: the daemon may be gone too
+                pass
+        raise
+
+
+def _push(client: Any, image_id: str, reference: str, target: RegistryTarget, entries: Mapping[str, Any],
+          secrets: set[str], say: Callable[[str], None], tagged: list[bool]) -> Pushed:
     from docker.errors import APIError
 
-    reference = target.reference(local_name, build_hash)
     repo, tag = reference.rsplit(":", 1)
     cred, auth = auth_for(target.host, entries, secrets)
     try:
         login(client, target.host, cred, secrets)
         client.api.tag(image_id, repo, tag=tag, force=True)
+        tagged.append(True)
         try:
             existing = remote_digest(client, reference, auth)
         except APIError:

@@ -8,7 +8,8 @@ Two files, both kept beside the model's log:
                 the poller learns that the job ended from a file instead of asking slurmctld.
 ``task.sh``     one node's part: the torchrun rendezvous (master = the job's first node),
                 ``MAD_MULTI_NODE_RUNNER``, the model's environment, then the model's script
-                in that node's copy of the run folder, on the node or in ``DOCKER_IMAGE``.
+                in that node's copy of the run folder, on the node or in ``DOCKER_IMAGE``
+                (``container.py``: the pull, the run, the container's removal).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_madengine.executors import secretenv
+from pytest_madengine.executors.docker.manifest import NodePull
+from pytest_madengine.executors.slurm.container import ContainerTask, NodeImage, cleanup_step
 
 # Set per node by task.sh, never copied from the submitting host.
 NODE_VARS = ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "MAD_GPU_IDS",
@@ -82,7 +85,7 @@ class BatchPlan(JobFiles):
     workspace: Path = Path("/")
     path_prefix: str = ""  # prepended to PATH on the node (the submitting Python's bin/)
     data_mounts: tuple[tuple[str, bool], ...] = ()  # (host folder, read-only): served data, same path inside
-    node_pull: str = ""  # lines each node runs before its container: pull docker_image by digest (a manifest)
+    node_pull: NodePull | None = None  # a manifest's image: every node pulls docker_image by its digest
     # Secret variables (``masking``): not in the scripts but in a 0600 file per node (secret_path).
     secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -133,6 +136,8 @@ def batch_script(plan: BatchPlan) -> str:
         "srun --ntasks-per-node=1 --kill-on-bad-exit=1 "
         f"--output={q(str(plan.job_dir / '%j.node%t.out'))} bash {q(str(plan.task_path))}",
     ]
+    if plan.docker_image:
+        lines += cleanup_step()
     return "\n".join(lines) + "\n"
 
 
@@ -186,35 +191,15 @@ def task_script(plan: BatchPlan) -> str:
     if not plan.docker_image:
         lines.append(f"exec {argv}")
         return "\n".join(lines) + "\n"
-    # In a container on the node: same paths inside, host network for the rendezvous; the
-    # variables are passed by name (-e NAME), so their values never show in `ps`.
-    names = sorted({*env, "NODE_RANK", "NNODES", "MASTER_ADDR", "MASTER_PORT", "MAD_MULTI_NODE_RUNNER",
-                    "MAD_RUNTIME_NGPUS", "MAD_DEPLOYMENT_TYPE", "MAD_SLURM_JOB_ID",
-                    "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"})
-    docker = ["docker", "run", "--rm", "--init", "--network", "host", "--ipc", "host",
-              "-v", f"{plan.workspace}:{plan.workspace}"]
-    for host, readonly in plan.data_mounts:  # MAD_DATAHOME names host folders: the same path inside
-        docker += ["-v", f"{host}:{host}" + (":ro" if readonly else "")]
-    if plan.gpus_per_node > 0 and plan.gpu_vendor == "AMD":
-        docker += ["--device", "/dev/kfd", "--device", "/dev/dri", "--group-add", "video"]
-    elif plan.gpus_per_node > 0 and plan.gpu_vendor == "NVIDIA":
-        docker += ["--gpus", "all"]
-    if plan.node_pull:  # every node pulls the manifest's image by digest: the registry's content is checked
-        lines += [f'echo "pytest-madengine: node $NODE_RANK pulls {plan.docker_image}"', *plan.node_pull.splitlines()]
-    loader = ""
+    names = (*env, "NODE_RANK", "NNODES", "MASTER_ADDR", "MASTER_PORT", "MAD_MULTI_NODE_RUNNER", "MAD_RUNTIME_NGPUS",
+             "MAD_DEPLOYMENT_TYPE", "MAD_SLURM_JOB_ID", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+             "CUDA_VISIBLE_DEVICES")
+    task = ContainerTask(NodeImage(plan.docker_image, plan.node_pull), plan.workspace, names, plan.data_mounts,
+                         plan.gpus_per_node, plan.gpu_vendor)
     if secret:
         # Not -e: the container's config would show the values. The file moves into the run
         # folder, where the container's first command sources and deletes it.
         lines.append(f"mv -f {plan.secret_word()} {workdir}/{secretenv.ENV_FILE} || exit {secretenv.MISSING_EXIT}")
-        loader = " ".join(q(a) for a in secretenv.loader()) + " "
-    lines += [
-        'NAME=mad-slurm-"$SLURM_JOB_ID"-node"$NODE_RANK"',
-        "# scancel/TIMEOUT signal this script: the container goes with it.",
-        "trap 'docker rm -f \"$NAME\" >/dev/null 2>&1' EXIT",
-        "trap 'exit 143' TERM INT",
-        " ".join(q(a) for a in docker)
-        + f' -v {workdir}:{workdir} -w {workdir} --name "$NAME" '
-        + " ".join(f"-e {n}" for n in names) + f" {q(plan.docker_image)} {loader}{argv} &",
-        "wait $!",
-    ]
+        argv = " ".join(q(a) for a in secretenv.loader()) + " " + argv
+    lines += task.lines(workdir, argv)
     return "\n".join(lines) + "\n"

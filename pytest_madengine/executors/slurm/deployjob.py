@@ -11,14 +11,8 @@ from typing import Any
 from pytest_madengine.errors import UsageError
 from pytest_madengine.executors.base import RunSpec
 from pytest_madengine.executors.slurm import deploy
-from pytest_madengine.executors.slurm.jobscript import (
-    NODE_VARS,
-    DeployJob,
-    NodeForm,
-    bad_env_names,
-    host_placeholder,
-    is_registry_image,
-)
+from pytest_madengine.executors.slurm.container import NodeImage, is_registry_image
+from pytest_madengine.executors.slurm.jobscript import NODE_VARS, DeployJob, NodeForm, bad_env_names, host_placeholder
 from pytest_madengine.multinode.launchers import registry
 from pytest_madengine.multinode.launchers.base import launcher_of
 
@@ -33,6 +27,10 @@ def user_keys(spec: RunSpec, settings: deploy.SlurmSettings) -> set[str]:
     keys |= {str(k) for k in spec.context.dict_of("docker_env_vars")}
     keys |= set(settings.env_vars)
     return keys
+
+
+def is_slurm_multi(dist: Mapping[str, Any]) -> bool:
+    return bool(dist) and launcher_of(dist) == "slurm_multi"
 
 
 def node_forms(dist: Mapping[str, Any], nodes: int, gpus_per_node: int, model_name: str) -> tuple[NodeForm, ...]:
@@ -62,7 +60,9 @@ def inside(where: str, value: str, base: Path, *, from_card: bool) -> Path:
 
 
 def build(spec: RunSpec, settings: deploy.SlurmSettings, dist: Mapping[str, Any], *, job_name: str,
-          job_dir: Path, node_dir: Path, path_prefix: str) -> DeployJob:
+          job_dir: Path, node_dir: Path, path_prefix: str, image: NodeImage | None = None) -> DeployJob:
+    """``image``: the image every node's task runs in (None: on the nodes' hosts; slurm_multi
+    then pulls the card's registry ``DOCKER_IMAGE_NAME``)."""
     launcher = launcher_of(dist) if dist else "torchrun"
     gpus = deploy.resolve_gpus(settings, spec.model.n_gpus)
     try:
@@ -79,13 +79,16 @@ def build(spec: RunSpec, settings: deploy.SlurmSettings, dist: Mapping[str, Any]
     if launcher == "slurm_multi":
         forms = node_forms(dist, 1, gpus, spec.model.name)
         env.update({k: v for k, v in forms[0].env.items() if k not in mine})
-        image = env.get("DOCKER_IMAGE_NAME", "")
+        if image is not None:  # the script starts its containers from DOCKER_IMAGE_NAME: the given image
+            env["DOCKER_IMAGE_NAME"] = image.image
+        else:
+            name = env.get("DOCKER_IMAGE_NAME", "")
+            image = NodeImage(name, source="DOCKER_IMAGE_NAME") if is_registry_image(name) else None
         results = (inside(deploy.key("results_dir"), settings.results_dir, node_dir / "node0",
                           from_card=settings.results_dir_from_card) if settings.results_dir else None)
         return DeployJob(kind="slurm_multi", job_name=job_name, job_dir=job_dir, node_dir=node_dir,
                          argv=spec.command(), settings=settings, time=time_text, gpus_per_node=gpus,
-                         launcher=launcher, env=env, path_prefix=path_prefix,
-                         pull_image=image if image and is_registry_image(image) else "", results_dir=results)
+                         launcher=launcher, env=env, path_prefix=path_prefix, image=image, results_dir=results)
     if launcher == "mpirun" and settings.nodes > 1:
         raise UsageError(f"distributed.launcher mpirun starts every node's ranks from node 0 itself; a SLURM job "
                          f"of {deploy.key('nodes')} {settings.nodes} runs one task per node: use torchrun "
@@ -97,4 +100,6 @@ def build(spec: RunSpec, settings: deploy.SlurmSettings, dist: Mapping[str, Any]
                   for f in forms)
     return DeployJob(kind="tasks", job_name=job_name, job_dir=job_dir, node_dir=node_dir, argv=spec.command(),
                      settings=settings, time=time_text, gpus_per_node=gpus, launcher=launcher, env=env,
-                     ranks=forms, path_prefix=path_prefix)
+                     ranks=forms, path_prefix=path_prefix, image=image, workspace=spec.workspace,
+                     gpu_vendor=spec.gpu_vendor,
+                     data_mounts=tuple((host, readonly) for host, _, readonly in spec.data_mounts))

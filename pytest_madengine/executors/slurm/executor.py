@@ -50,6 +50,7 @@ from pytest_madengine.executors.base import Cancel, Executor, Plan, RunOutcome, 
 from pytest_madengine.executors.docker import manifest as manifest_mod
 from pytest_madengine.executors.slurm import args as args_mod
 from pytest_madengine.executors.slurm import batch as batch_mod
+from pytest_madengine.executors.slurm import container as container_mod
 from pytest_madengine.executors.slurm import deploy as deploy_mod
 from pytest_madengine.executors.slurm import deployjob, gather, jobscript, preflight
 from pytest_madengine.executors.slurm import poller as poller_mod
@@ -163,8 +164,12 @@ def _node_folders(run_dir: Path, node_dir: Path, copies: int) -> None:
 
 
 def _secret_files(plan: batch_mod.BatchPlan | jobscript.DeployJob) -> list[Path]:
+    """Each node's file, and where a task in an image moves it (its run folder) for the container."""
+    if not plan.secret_env:
+        return []
     copies = plan.copies if isinstance(plan, jobscript.DeployJob) else plan.nodes
-    return [plan.secret_path(rank) for rank in range(copies)] if plan.secret_env else []
+    return [p for rank in range(copies)
+            for p in (plan.secret_path(rank), plan.node_dir / f"node{rank}" / secretenv.ENV_FILE)]
 
 
 def sbatch_environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -229,10 +234,6 @@ class SlurmExecutor(Executor):
         path = getattr(options, "manifest", None)
         self.manifest: manifest_mod.Manifest | None = manifest_mod.load(Path(path)) if path else None
         self.use_image: str = getattr(options, "use_image", "") or ""
-        if (self.manifest is not None or self.use_image) and self.args is None:
-            raise UsageError("--mad-manifest and --mad-use-image run SLURM jobs through the context key 'slurm_args' "
-                             "(the task runs in the image on every node); the 'slurm' key's jobs run on the nodes' "
-                             "hosts and cannot use them yet")
         self.poller = poller or poller_mod.shared()
         where = "slurm_args" if self.args is not None else "slurm"
         try:
@@ -285,18 +286,32 @@ class SlurmExecutor(Executor):
         return spec.workspace / "scripts" / self.args.framework / "run.sh"
 
     # ---- plans (data, no side effects)
-    def job_image(self, spec: RunSpec) -> tuple[str, str]:
-        """(image the task runs in, the lines that pull it on a node): the manifest's entry,
-        --mad-use-image, or slurm_args' DOCKER_IMAGE. Raises ExecutorError."""
-        assert self.args is not None
+    def node_image(self, spec: RunSpec) -> container_mod.NodeImage | None:
+        """The image every node's task runs in, and how the nodes get it: the manifest's entry
+        (pulled by digest), --mad-use-image (``auto``: the card's ``env_vars.DOCKER_IMAGE_NAME``,
+        as madengine's), slurm_args' DOCKER_IMAGE, the context's MAD_CONTAINER_IMAGE; None: the
+        nodes' hosts. Raises ExecutorError."""
         if self.manifest is not None:
             entry = self.manifest.image_for(spec.model.name, spec.env.get("MAD_SYSTEM_GPU_ARCHITECTURE", ""))
             pull = entry.node_pull()
             if pull is None:
                 raise ExecutorError(f"--mad-manifest {self.manifest.path} entry '{entry.key}': the image was never "
                                     "pushed to a registry, so the SLURM nodes cannot get it (build with --mad-registry)")
-            return pull.reference, pull.script()
-        return self.use_image or self.args.docker_image, ""
+            return container_mod.NodeImage(pull.reference, pull, f"--mad-manifest entry '{entry.key}'")
+        if self.use_image:
+            name, source = manifest_mod.use_image(self.use_image, spec.model.name, spec.model.env_vars)
+            return container_mod.NodeImage(name, source=source)
+        if self.args is not None and self.args.docker_image:
+            return container_mod.NodeImage(self.args.docker_image, source="slurm_args DOCKER_IMAGE")
+        given = self.context.get("MAD_CONTAINER_IMAGE")
+        if given:
+            return container_mod.NodeImage(str(given), source="context MAD_CONTAINER_IMAGE")
+        return None
+
+    def job_image(self, spec: RunSpec) -> tuple[str, manifest_mod.NodePull | None]:
+        """slurm_args: (image the task runs in, "" = the host; the manifest's pull by digest)."""
+        image = self.node_image(spec)
+        return (image.image, image.pull) if image is not None else ("", None)
 
     def batch_plan(self, spec: RunSpec) -> batch_mod.BatchPlan:
         a = self.args
@@ -360,13 +375,15 @@ class SlurmExecutor(Executor):
             settings = deploy_mod.settings_for(model.raw, self.context, dist)
             if settings.partition and settings.partition != (self.settings.partition if self.settings else ""):
                 self.check_partition(settings.partition, "model card")
+            image = self.node_image(spec)
+            on_host = image is None or deployjob.is_slurm_multi(dist)  # slurm_multi's script runs on the host
             argv = list(spec.argv)
-            if argv and argv[0] == "python3":
+            if argv and argv[0] == "python3" and on_host:
                 argv[0] = sys.executable  # the same Python, on the shared file system
             job = deployjob.build(dataclasses.replace(spec, argv=tuple(argv)), settings, dist,
                                   job_name=batch_mod.job_name(self.run_id, model.name),
                                   job_dir=self.deploy_dir(spec, settings), node_dir=self.node_dir(model.name),
-                                  path_prefix=os.path.dirname(sys.executable))
+                                  path_prefix=os.path.dirname(sys.executable) if on_host else "", image=image)
             env, secret = secretenv.split(job.env, secretenv.known_secrets(spec.workspace))
             job = dataclasses.replace(job, env=env, secret_env=secret)
             _, time_s = deploy_mod.resolve_time(settings, spec.timeout)
@@ -374,6 +391,12 @@ class SlurmExecutor(Executor):
             raise ExecutorError(f"model '{model.name}': {exc}") from None
         notes = [f"launcher {job.launcher}" + (" (the model's own script is the job)" if job.kind == "slurm_multi"
                                                 else f", one task per node on {job.nodes} node(s)")]
+        if job.image is not None:
+            notes.append(job.image.note() if job.kind == "tasks" else
+                         f"every node pulls {job.image.image} before the script (DOCKER_IMAGE_NAME)")
+        elif job.kind == "tasks":
+            notes.append("no image given (--mad-manifest, --mad-use-image, MAD_CONTAINER_IMAGE): the tasks run on "
+                         "the nodes' hosts")
         if settings.preflight:
             notes.append("preflight: idle nodes (sinfo) and a quick srun on each before submitting"
                          if not settings.nodelist else "preflight skipped: slurm.nodelist pins the nodes")
@@ -529,9 +552,10 @@ class SlurmExecutor(Executor):
 
     def _write_secrets(self, plan: batch_mod.BatchPlan | jobscript.DeployJob) -> None:
         """One 0600 file per node; OSError/UsageError end the submission with the reason."""
-        for path in _secret_files(plan):
-            with self._lock:
-                self._secret_left.add(path)
+        files = _secret_files(plan)
+        with self._lock:
+            self._secret_left.update(files)
+        for path in files[::2]:  # each node's file in the job folder (the others are where it moves)
             try:
                 secretenv.write(path, plan.secret_env)
             except ValueError as exc:
@@ -703,7 +727,9 @@ class SlurmExecutor(Executor):
             if w.gone:
                 return RunOutcome(None, duration, problem=w.gone, properties=props, nnodes=nnodes)
             if w.final is not None and w.final.state != "COMPLETED":
-                return RunOutcome(None, duration, problem=describe_final(w.final), properties=props, nnodes=nnodes)
+                pulled = self._pull_failure(sub, w.job_id)
+                return RunOutcome(None, duration, problem=(f"{pulled}; " if pulled else "") + describe_final(w.final),
+                                  properties=props, nnodes=nnodes)
         if got is not None and got.problem:
             return RunOutcome(None, duration, problem=got.problem, properties=props, nnodes=nnodes)
         return RunOutcome(0, duration, properties=props, nnodes=nnodes, rows=got.rows if got is not None else None)
@@ -719,6 +745,20 @@ class SlurmExecutor(Executor):
         return gather.nodes([job.node_output(job_id, k) for k in range(job.nodes)],
                             [job.node_dir / f"node{k}" for k in range(job.nodes)], spec.model.name,
                             spec.model.multiple_results)
+
+    @staticmethod
+    def _pull_failure(sub: Submission, job_id: str) -> str:
+        """A node that could not pull the job's image, named (its output says so), else ""."""
+        if sub.plan is None:
+            return ""
+        files = [sub.plan.node_output(job_id, k) for k in range(sub.plan.nodes)] + [sub.plan.batch_output(job_id)]
+        outputs = []
+        for path in files:
+            try:
+                outputs.append(path.read_text(encoding="utf-8", errors="replace").splitlines())
+            except OSError:
+                continue
+        return container_mod.pull_failure(outputs)
 
     @staticmethod
     def _ids(watches: list[poller_mod.Watch]) -> str:

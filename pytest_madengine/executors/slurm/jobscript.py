@@ -10,11 +10,16 @@ Two kinds:
                  are identical everywhere. Host addresses are only known in the job: the
                  launcher is given placeholder addresses, and each becomes a quoted reference
                  to the variable the task script sets (``"$MAD_HOST_<k>"``; the master is
-                 node 0). Every other value is ``shlex.quote``-d.
+                 node 0). Every other value is ``shlex.quote``-d. With an image (a manifest,
+                 ``--mad-use-image``, ``MAD_CONTAINER_IMAGE``) the script computes all of
+                 that on the node's host, then runs the model's command in the image
+                 (``container.py``: the pull, ``docker run`` with every exported variable
+                 passed by name, the launcher's setup inside, the container removed on every
+                 path); without one it runs on the node's host.
 ``slurm_multi``  the model's own ``.slurm``/``.sbatch`` script is the job: our wrapper exports
-                 the environment (the card's ``env_vars``, ``xP``/``yD``), pulls a registry
-                 image on every node, then runs the script once with ``bash`` in the
-                 allocation (madengine 2.x runs it the same way).
+                 the environment (the card's ``env_vars``, ``xP``/``yD``), pulls the image on
+                 every node (the same pull as the tasks'), then runs the script once with
+                 ``bash`` in the allocation (madengine 2.x runs it the same way).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 
 from pytest_madengine.executors import secretenv
 from pytest_madengine.executors.slurm.batch import JobFiles, _sbatch_value
+from pytest_madengine.executors.slurm.container import ContainerTask, NodeImage, cleanup_step
 from pytest_madengine.executors.slurm.deploy import SlurmSettings
 
 # Hosts are known only in the job: the launcher gets addresses from 240.0.0.0/4 (reserved,
@@ -69,8 +75,10 @@ class DeployJob(JobFiles):
     env: Mapping[str, str] = field(default_factory=dict)  # every node (user values win over the launcher's)
     ranks: tuple[NodeForm, ...] = ()  # per node rank (tasks)
     path_prefix: str = ""  # the submitting Python's bin/, first on PATH on the nodes
-    image: str = ""  # the image to run in; "" = on the node itself (images are supplied elsewhere)
-    pull_image: str = ""  # slurm_multi: pulled on every node before the script
+    image: NodeImage | None = None  # tasks: each node's task runs in it; slurm_multi: pulled on every node
+    workspace: Path = Path("/")  # the checkout, mounted in the containers at its path
+    gpu_vendor: str = "NONE"
+    data_mounts: tuple[tuple[str, bool], ...] = ()  # (host folder, read-only): served data, same path inside
     results_dir: Path | None = None  # slurm_multi: where its perf*.csv is read
     # Secret variables (``masking``): not in the scripts but in a 0600 file per node (secret_path).
     secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -105,12 +113,6 @@ def shell_word(value: str) -> str:
 
 def bad_env_names(env: Mapping[str, str]) -> list[str]:
     return [k for k in env if not _ENV_NAME.fullmatch(k)]
-
-
-def is_registry_image(image: str) -> bool:
-    """A name with a repository path (``rocm/x:tag``, ``host:5000/x``) is pulled; a bare local
-    name (``mad-base:bookworm``) is taken as built on the nodes."""
-    return "/" in image
 
 
 def _header(job: DeployJob, nodes: int) -> list[str]:
@@ -151,14 +153,17 @@ def batch_script(job: DeployJob) -> str:
             "srun --ntasks-per-node=1 --kill-on-bad-exit=1 "
             f"--output={q(str(job.job_dir / '%j.node%t.out'))} bash {q(str(job.task_path))}",
         ]
+        if job.image is not None:
+            lines += cleanup_step()
         return "\n".join(lines) + "\n"
-    lines += _common_env(job, shlex.quote(str(job.secret_path(0))))
-    if job.pull_image:
-        msg = q(f"pytest-madengine: docker pull {job.pull_image} failed on a node")
+    lines += _common_env(job, shlex.quote(str(job.secret_path(0))))  # the script runs on the host
+    pull = job.image.pull_lines() if job.image is not None else []
+    if pull:
+        msg = q(f"pytest-madengine: docker pull {job.image.image if job.image else ''} failed on a node")
         lines += [
             "# A registry image: pulled on every node before the script starts.",
             'srun --nodes="$SLURM_NNODES" --ntasks="$SLURM_NNODES" --ntasks-per-node=1 '
-            f"docker pull {q(job.pull_image)} || {{ echo {msg} >&2; exit 3; }}",
+            f"bash -c {q('; '.join(pull))} || {{ echo {msg} >&2; exit 3; }}",
         ]
     workdir = q(str(job.node_dir / "node0"))
     lines += [
@@ -169,7 +174,7 @@ def batch_script(job: DeployJob) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _common_env(job: DeployJob, secret_word: str) -> list[str]:
+def _common_env(job: DeployJob, secret_word: str, *, in_image: bool = False) -> list[str]:
     q = shlex.quote
     lines = [f"export MAD_RUNTIME_NGPUS={job.gpus_per_node} MAD_DEPLOYMENT_TYPE=slurm "
              'MAD_SLURM_JOB_ID="$SLURM_JOB_ID" MAD_IN_SLURM_JOB=1']
@@ -179,7 +184,7 @@ def _common_env(job: DeployJob, secret_word: str) -> list[str]:
     if job.settings.shared_data:
         lines.append(f"export MAD_DATAHOME={q(job.settings.shared_data)}")
     lines += [f"export {k}={shell_word(v)}" for k, v in sorted(job.env.items())]
-    if job.secret_env:
+    if job.secret_env and not in_image:  # in an image the container reads the file (task_script)
         lines += ["# The secret variables: this node's 0600 file, deleted once read.",
                   *secretenv.source_lines(secret_word)]
     if job.path_prefix:
@@ -210,7 +215,7 @@ def task_script(job: DeployJob) -> str:
             f'if [ "${{#MAD_NODE_NAMES[@]}}" -ne {job.nodes} ]; then',
             f'  echo "pytest-madengine: expected {job.nodes} nodes, SLURM gave $SLURM_JOB_NODELIST" >&2; exit 2',
             "fi",
-            'for i in "${!MAD_NODE_NAMES[@]}"; do declare "MAD_HOST_$i=$(mad_addr "${MAD_NODE_NAMES[$i]}")"; done',
+            'for i in "${!MAD_NODE_NAMES[@]}"; do declare -x "MAD_HOST_$i=$(mad_addr "${MAD_NODE_NAMES[$i]}")"; done',
             "MASTER_ADDR=$MAD_HOST_0",
             "export NODE_RANK NNODES MASTER_ADDR",
         ]
@@ -223,21 +228,63 @@ def task_script(job: DeployJob) -> str:
                 '  export NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME:-$MAD_IFACE}" GLOO_SOCKET_IFNAME="${GLOO_SOCKET_IFNAME:-$MAD_IFACE}"',
                 "fi",
             ]
-    lines += _common_env(job, job.secret_word())
+    lines += _common_env(job, job.secret_word(), in_image=job.image is not None)
     workdir = q(str(job.node_dir)) + '/node"$NODE_RANK"'
     lines.append(f"cd {workdir} || {{ echo \"pytest-madengine: no run folder $PWD/node$NODE_RANK\" >&2; exit 2; }}")
     lines.append(f"# The launcher's form for each node ({job.launcher}); user variables above win over it.")
+    in_image = job.image is not None
+    setup = any(form.setup for form in job.ranks)
+    if in_image and setup:
+        lines.append("# The launcher's setup runs in the container, before the script.")
+        lines.append("MAD_TASK_SETUP=")
     lines.append('case "$NODE_RANK" in')
     for rank, form in enumerate(job.ranks):
         body = [f"export {k}={shell_word(v)}" for k, v in sorted(form.env.items())
                 if k not in job.env and k not in job.secret_env]
         for name, text in sorted(form.files.items()):
             body.append(f"printf '%s' {shell_word(text)} > {q(name)}")
-        for step in form.setup:
-            body.append(" ".join(shell_word(a) for a in step) + " || exit $?")
+        steps = [" ".join(shell_word(a) for a in step) + " || exit $?" for step in form.setup]
+        if in_image and steps:
+            body.append("MAD_TASK_SETUP=" + q("".join(f"{step}; " for step in steps)))
+        else:
+            body += steps
         lines.append(f"  {rank})")
         lines += [f"    {b}" for b in body]
         lines.append("    ;;")
     lines += ['  *) echo "pytest-madengine: no launcher form for node rank $NODE_RANK" >&2; exit 2 ;;', "esac"]
-    lines.append("exec " + " ".join(q(a) for a in job.argv))
+    argv = " ".join(q(a) for a in job.argv)
+    if job.image is None:
+        lines.append("exec " + argv)
+        return "\n".join(lines) + "\n"
+    if setup:
+        argv = "bash -c \"$MAD_TASK_SETUP\"'exec \"$@\"' mad-task " + argv
+    if job.secret_env:
+        # Not -e: the container's config would show the values. The file moves into the run
+        # folder, where the container's first command sources and deletes it.
+        lines.append(f"mv -f {job.secret_word()} {workdir}/{secretenv.ENV_FILE} || exit {secretenv.MISSING_EXIT}")
+        argv = " ".join(q(a) for a in secretenv.loader()) + " " + argv
+    lines += container(job).lines(workdir, argv)
     return "\n".join(lines) + "\n"
+
+
+# What the task script sets itself: passed into the container with the job's and the launcher's.
+# SLURM's own (where the task is) too: a script in the image sees what one on the host sees.
+TASK_VARS = ("NODE_RANK", "NNODES", "MASTER_ADDR", "MAD_RUNTIME_NGPUS", "MAD_DEPLOYMENT_TYPE", "MAD_SLURM_JOB_ID",
+             "MAD_IN_SLURM_JOB", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "MAD_DATAHOME", "HIP_VISIBLE_DEVICES",
+             "ROCR_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NNODES",
+             "SLURM_NODEID", "SLURM_PROCID", "SLURMD_NODENAME", "SLURM_JOB_PARTITION")
+
+
+def container(job: DeployJob) -> ContainerTask:
+    """Each node's container (tasks kind, an image given): every variable the task script exports
+    (the job's, the launcher's of every rank, the node's own, the host addresses) by name."""
+    assert job.image is not None
+    names = {*job.env, *TASK_VARS, *(k for form in job.ranks for k in form.env)}
+    if job.nodes > 1:
+        names |= {f"MAD_HOST_{k}" for k in range(job.nodes)}
+    names -= set(job.secret_env)  # from the file, inside (secretenv.loader)
+    mounts = list(job.data_mounts)
+    if job.settings.shared_data:  # MAD_DATAHOME: the folder every node sees, at its path
+        mounts.append((job.settings.shared_data, False))
+    return ContainerTask(job.image, job.workspace, tuple(sorted(names)), tuple(mounts), job.gpus_per_node,
+                         job.gpu_vendor)
