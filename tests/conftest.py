@@ -22,6 +22,7 @@ COMPONENTS = {
     "build": ("docker",), "build_manifest": ("docker",),
     "output": ("results",), "process_ledger": ("core",),
     "faults": ("reliability",), "load": ("reliability",), "secrets": ("reliability",),
+    "secretenv": ("docker", "slurm"),
 }
 
 

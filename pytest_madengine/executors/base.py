@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from abc import ABC, abstractmethod
@@ -11,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_madengine import masking
 from pytest_madengine.context import Context
 from pytest_madengine.models import Model
 from pytest_madengine.output import OutputSink
@@ -50,24 +50,14 @@ class RunSpec:
         return (*self.wrapper, *(self.argv if argv is None else argv))
 
 
-SECRET_MARKERS = ("PASSWORD", "TOKEN", "SECRET", "KEY", "CREDENTIAL")
-
-
-def marked_secrets(env: Mapping[str, str] | None = None) -> list[str]:
-    """Values the user marked secret: those of ``MAD_SECRETS*`` variables (longest first; a
-    1-3 character value would blank out ordinary text)."""
-    env = os.environ if env is None else env
-    return sorted({v for k, v in env.items() if k.startswith("MAD_SECRETS") and len(v) >= 4}, key=len, reverse=True)
+SECRET_MARKERS = masking.SECRET_MARKERS
+marked_secrets = masking.marked_secrets
 
 
 def shown_value(name: str, value: str) -> str:
-    """A value as a plan prints it: secret-looking names are masked, and so is any value the
-    user marked secret, whatever the name it is passed under."""
-    if any(m in name.upper() for m in SECRET_MARKERS):
-        return "***"
-    for secret in marked_secrets():
-        value = value.replace(secret, "***")
-    return value
+    """A value as a plan prints it (``masking.shown_value``): secret-looking names are masked,
+    and so is any value the user marked secret, whatever the name it is passed under."""
+    return masking.shown_value(name, value)
 
 
 def render_env(env: Mapping[str, str], indent: str = "  ") -> list[str]:

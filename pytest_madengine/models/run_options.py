@@ -31,6 +31,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from pytest_madengine import masking
 from pytest_madengine.errors import MadError
 
 __all__ = [
@@ -718,12 +719,8 @@ def merge_into(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- describe
 
-_SECRET_MARKERS = ("PASSWORD", "TOKEN", "SECRET", "KEY")
-
-
 def _secret(key: str) -> bool:
-    upper = key.upper()
-    return any(marker in upper for marker in _SECRET_MARKERS)
+    return masking.looks_secret(key)
 
 
 def _gpu_text(request: GpuRequest) -> str:

@@ -371,7 +371,10 @@ def test_a_slurm_job_runs_the_pushed_image_on_two_nodes(project: BuildProject, r
     the image by its digest and runs the script in it; nothing is built on the nodes."""
     if shutil.which("sbatch") is None:
         unavailable("SLURM is not installed; run .ci/setup-slurm.sh")
-    m = project.built_model("slurmimg", "S2")
+    secret = f"slurm-img-secret-{project.token}"  # a secret variable: through the nodes' 0600 files
+    m = project.built_model("slurmimg", "S2", env_vars={"HF_TOKEN": secret})
+    (project.path / "scripts" / "slurmimg" / "run.sh").write_text(
+        '#!/bin/bash\nset -u\necho "token $(printf %s "$HF_TOKEN" | sha256sum | cut -c1-16)"\n' + SCRIPT)
     res = project.run("--mad-build-only", f"--mad-registry={OPEN_REGISTRY}/madbuild")
     res.assert_outcomes(passed=1)
     entry = next(iter(project.manifest()["built_images"].values()))
@@ -385,5 +388,7 @@ def test_a_slurm_job_runs_the_pushed_image_on_two_nodes(project: BuildProject, r
     for rank in (0, 1):
         assert f"node {rank} pulls {entry['registry_image']}" in log, log
     assert log.count("S2") >= 2, log  # /built-by.txt of the pushed image, read on both nodes
+    assert log.count(f"token {hashlib.sha256(secret.encode()).hexdigest()[:16]}") == 2 and secret not in log, log
+    assert secret not in (project.path / "build_manifest.json").read_text()
     row = project.perf()[-1]
     assert row["status"] == "SUCCESS" and row["performance"] == "7.5", row

@@ -10,6 +10,7 @@ tests skip, except under CI=true where they fail.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -74,9 +75,14 @@ def test_two_containers_rendezvous(pytester: pytest.Pytester, client: Any, torch
 
         port = free_port_pair()
         nodes = Nodes(path, executor="docker", tags="t")
+        # A secret variable (kept out of the containers' config) still reaches every node's run.
+        secret = f"mn-secret-{token}"
+        (path / "around").mkdir()
+        (path / "around" / "tok.sh").write_text('echo "pre sees $(printf %s "$HF_TOKEN" | sha256sum | cut -c1-16)"\n')
         for rank in (0, 1):
             ctx = node_context(rank, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, rendezvous_timeout=120,
                                docker_build_arg=build_arg)
+            ctx.update(docker_env_vars={"HF_TOKEN": secret}, pre_scripts=[{"path": "around/tok.sh"}])
             nodes.start(rank, ctx, f"--mad-force-mirror-local={data}")
         n0, n1 = nodes.wait(timeout=600)
         assert (n0.rc, n1.rc) == (0, 0), show([n0, n1])
@@ -85,6 +91,7 @@ def test_two_containers_rendezvous(pytester: pytest.Pytester, client: Any, torch
             assert (f"runner: torchrun --nproc_per_node 1 --nnodes 2 --node_rank {node.rank} --master_addr 127.0.0.1 "
                     f"--master_port {port}") in log
             assert f"rank {node.rank}/2 on " in log and "all_reduce sum 3 (expected 3)" in log, log
+            assert f"pre sees {hashlib.sha256(secret.encode()).hexdigest()[:16]}" in log and secret not in log
             [row] = node.perf()
             assert row["deployment_type"] == "docker" and row["nnodes"] == "2"
             assert row["docker_image"] == f"ci-{dist}_torch.ubuntu.any"

@@ -19,6 +19,7 @@ where they fail.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -129,10 +130,12 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, client: Any, torch_image:
     # torchrun on two nodes, in the torch image; VLLM_MADTEST: a variable madengine's allow-list drops
     repo.script(f"scripts/{token}_torchrun/standin.py", STANDIN)
     repo.model(f"{token}_torchrun", '#!/bin/bash\nset -e\necho "runner: $MAD_MULTI_NODE_RUNNER"\n'
+               # a secret variable: handed to each node's container through its 0600 file, never -e
+               'echo "token $(printf %s "$HF_TOKEN" | sha256sum | cut -c1-16)"\n'
                "$MAD_MULTI_NODE_RUNNER standin.py VLLM_MADTEST=kept NNODES=2 MAD_DEPLOYMENT_TYPE=slurm "
                "MAD_LAUNCHER=torchrun\n", dockerfile="docker/torch", timeout=150,
                slurm={"nodes": 2, "env_vars": {"VLLM_MADTEST": "kept"}}, distributed={"launcher": "torchrun"},
-               **common)
+               env_vars={"HF_TOKEN": f"{token}-secret"}, **common)
     # node 1 cannot pull: a docker in front on PATH refuses the pull there, passes everything else on
     shim = repo.script("shim/docker", f"""
         #!/bin/bash
@@ -185,6 +188,8 @@ def test_two_node_torchrun_in_containers_from_the_manifest(deployed: Deployed) -
         # each rank ran in the image (its /built-by.txt), after the all_reduce over both nodes
         assert f"rank {rank} of 2 node_rank {rank} on n" in log and f"image {deployed.token}: sum 3" in log, log
     assert "runner: torchrun --nnodes=2 --nproc_per_node=1 --node_rank=0 --master_addr=" in log
+    secret = f"{deployed.token}-secret"
+    assert log.count(f"token {hashlib.sha256(secret.encode()).hexdigest()[:16]}") == 2 and secret not in log, log
     p = deployed.props("torchrun")
     assert p["slurm_state"] == "COMPLETED" and p["nnodes"] == "2" and p["launcher"] == "torchrun"
     assert containers_of(p["slurm_job_id"]) == []

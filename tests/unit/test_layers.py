@@ -12,7 +12,7 @@ PKG = Path(__file__).resolve().parents[2] / "pytest_madengine"
 
 # lowest first; a module's layer is that of the longest prefix naming it
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "literals", "process"),
+    ("errors", "literals", "process", "masking"),
     ("context", "models", "gpus", "workspace", "data"),
     ("results", "output"),
     ("executors", "multinode"),

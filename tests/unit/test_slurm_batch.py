@@ -152,7 +152,7 @@ def test_executor_reports_unexportable_names_as_the_models_problem(
         def partitions(self) -> list[str]:
             return ["debug*"]
 
-        def run(self, argv: list[str], *, timeout: float = 0) -> str:
+        def run(self, argv: list[str], *, timeout: float = 0, env: object = None) -> str:
             raise AssertionError(f"nothing may be submitted: {argv}")
 
     ctx = Context({"slurm_args": {"PARTITION": "debug", "TIME": "10"}})

@@ -361,7 +361,7 @@ class Forever(Partitions):
         super().__init__()
         self.cancelled: list[str] = []
 
-    def run(self, argv: list[str], *, timeout: float = 60.0) -> str:
+    def run(self, argv: list[str], *, timeout: float = 60.0, env: Any = None) -> str:
         self.calls[argv[0]] += 1
         return "41\n" if argv[0] == "sbatch" else ""
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pytest_madengine import process
+from pytest_madengine.executors import secretenv
 from pytest_madengine.executors.base import Cancel, RunOutcome, RunSpec
 from pytest_madengine.executors.docker.daemon import (
     SLICE_S,
@@ -127,6 +128,24 @@ class ContainerWatch:
 
 def run_container(daemon: Daemon, client: Any, spec: RunSpec, plan: ContainerPlan, sink: OutputSink,
                   cancel: Cancel, say: Callable[[str, OutputSink | None], None]) -> RunOutcome:
+    """The container of ``plan``, with its secret environment file (``secretenv``) written just
+    before it is created and removed when it is over, on every path (the container deletes it
+    once read; this covers a container that never started or never got that far)."""
+    env_file = spec.run_dir / secretenv.ENV_FILE
+    try:
+        if plan.secret_env:
+            try:
+                secretenv.write(env_file, plan.secret_env)
+            except (OSError, ValueError) as exc:
+                return RunOutcome(None, 0.0, problem=f"cannot write the secret environment file {env_file}: "
+                                                     f"{getattr(exc, 'strerror', None) or exc}")
+        return _run_container(daemon, client, spec, plan, sink, cancel, say)
+    finally:
+        secretenv.remove(env_file)
+
+
+def _run_container(daemon: Daemon, client: Any, spec: RunSpec, plan: ContainerPlan, sink: OutputSink,
+                   cancel: Cancel, say: Callable[[str, OutputSink | None], None]) -> RunOutcome:
     from docker.errors import APIError
 
     exit_file = spec.run_dir / EXIT_CODE_FILE

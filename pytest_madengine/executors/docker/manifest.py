@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_madengine import masking
 from pytest_madengine.errors import ExecutorError, UsageError
 from pytest_madengine.executors.docker import registry
 
@@ -31,8 +32,7 @@ MANIFEST_NAME = "build_manifest.json"
 # Context keys madengine copies into the manifest's ``context``.
 CONTEXT_KEYS = ("docker_env_vars", "docker_mounts", "docker_build_arg", "gpu_vendor", "guest_os", "docker_gpus",
                 "tools", "pre_scripts", "post_scripts", "encapsulate_script")
-SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "CREDENTIAL", "PASSWD", "APIKEY", "API_KEY", "PRIVATE")
-HIDDEN = "***"
+HIDDEN = masking.MASK
 _HASH_TAG = re.compile(r"[0-9a-f]{64}")
 
 
@@ -43,8 +43,15 @@ class ManifestError(UsageError):
 def is_secret_name(name: str) -> bool:
     """Build args whose value must never be written down: ``MAD_SECRETS*`` (madengine's secrets)
     and names that say they hold one."""
-    upper = name.upper()
-    return upper.startswith("MAD_SECRETS") or any(w in upper for w in SECRET_WORDS)
+    return masking.looks_secret(name)
+
+
+def public_env(env: Mapping[str, Any]) -> dict[str, Any]:
+    """Variables as the manifest stores them (a card's ``env_vars``, ``docker_env_vars``): the
+    values that are secret by ``masking``'s rule (name, or a marked secret inside) are ``***``.
+    madengine writes them in clear; a manifest is copied to other hosts and kept."""
+    marked = masking.marked_secrets()
+    return {str(k): (HIDDEN if masking.is_secret(str(k), str(v), marked) else v) for k, v in env.items()}
 
 
 def public_args(args: Mapping[str, str], secret_values: Iterable[str] = ()) -> dict[str, str]:
@@ -249,6 +256,8 @@ def compose(records: Sequence[BuildRecord], context: Mapping[str, Any], credenti
                 continue  # an image a cluster cannot pull is not "built" for it
             built_images[e.key] = e.to_json()
             model_entry = dict(rec.model_entry)
+            if isinstance(model_entry.get("env_vars"), Mapping):
+                model_entry["env_vars"] = public_env(model_entry["env_vars"])
             if e.registry_image:
                 pushes_ok += 1
                 env = dict(model_entry.get("env_vars") or {})
@@ -267,7 +276,7 @@ def compose(records: Sequence[BuildRecord], context: Mapping[str, Any], credenti
             if key == "docker_build_arg" and isinstance(value, Mapping):
                 value = public_args({str(k): str(v) for k, v in value.items()})
             if key == "docker_env_vars" and isinstance(value, Mapping):
-                value = {str(k): (HIDDEN if is_secret_name(str(k)) else v) for k, v in value.items()}
+                value = public_env(value)
             ctx[key] = value
     return {
         "built_images": built_images,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_madengine.errors import ExecutorError
+from pytest_madengine.executors import secretenv
 from pytest_madengine.executors.base import Plan, RunSpec, render_env, shown_value
 from pytest_madengine.executors.docker import dockerfiles, registry
 from pytest_madengine.models import run_options as run_options
@@ -89,8 +90,12 @@ class ContainerPlan:
     cap_add: list[str] = field(default_factory=lambda: ["SYS_PTRACE"])
     security_opt: list[str] = field(default_factory=lambda: ["seccomp=unconfined"])
     # The model card's additional_docker_run_options, parsed: applied last, as madengine
-    # appends them to its `docker run` line (so they win over what comes before).
+    # appends them to its `docker run` line (so they win over what comes before). Its -e
+    # variables are already in environment / secret_env.
     extra: dict[str, Any] = field(default_factory=dict)
+    # Secret variables (``masking``): never in the container's config, but in a 0600 file in
+    # the run folder that the command's first part (``secretenv.loader``) sources and deletes.
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False)
 
     def run_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``client.containers.run(detach=True, ...)``."""
@@ -143,7 +148,9 @@ class DockerPlan(Plan):
             if b.base_docker:
                 out.append(f"  base image: {b.base_docker} (registry {b.base_registry})")
         out += [f"  container: {c.name} (a suffix when a live container holds the name)",
-                f"  command: {shlex.join(self.spec.argv)}" + (" (then kept alive)" if c.keep_alive else ""),
+                f"  command: {shlex.join(self.spec.argv)}" + (" (then kept alive)" if c.keep_alive else "")
+                + (f" (after {secretenv.LOADER_NAME}: it reads and deletes {secretenv.ENV_FILE})"
+                   if c.secret_env else ""),
                 f"  working dir: {c.working_dir}",
                 "  mounts: " + ", ".join(f"{h} -> {v['bind']} ({v['mode']})" for h, v in sorted(c.volumes.items())),
                 f"  devices: {', '.join(c.devices) or 'none'}"
@@ -155,6 +162,9 @@ class DockerPlan(Plan):
             out.append("  additional_docker_run_options: " + ", ".join(
                 f"{k}={'***' if k == 'environment' else v}" for k, v in sorted(c.extra.items())))
         out += ["  environment:", *render_env(c.environment, "    ")]
+        if c.secret_env:
+            out += [f"  secret environment (a 0600 file {secretenv.ENV_FILE} in the run folder, read and deleted "
+                    "when the container starts; never in its config):", *render_env(c.secret_env, "    ")]
         return out
 
 
@@ -330,9 +340,19 @@ def plan_container(spec: RunSpec, image: str, *, name: str, keep_alive: bool) ->
         if "name" in extra or "working_dir" in extra:
             raise ExecutorError(f"{spec.model.source} entry '{spec.model.name}': additional_docker_run_options "
                                 "may not set the container's name or working dir")
+    # One environment, as docker would apply it (the card's -e last), then split: secret values
+    # never reach the container's config.
+    env.update({str(k): str(v) for k, v in (extra.pop("environment", None) or {}).items()})
+    env, secret_env = secretenv.split(env, secretenv.known_secrets(spec.workspace))
+    bad = secretenv.bad_names(secret_env)
+    if bad:
+        raise ExecutorError(f"{spec.model.source} entry '{spec.model.name}': secret variable name {bad[0]!r} "
+                            "cannot be exported by a shell (letters, digits and _, not starting with a digit)")
     command = list(spec.command())
     if keep_alive:
         command = ["bash", "-c", KEEP_ALIVE_SCRIPT, "mad-keep-alive", *command]
+    if secret_env:
+        command = [*secretenv.loader(), *command]
     labels = {
         LABEL_RUN_ID: spec.run_id, LABEL_MODEL: spec.model.name, LABEL_OWNER: owner_label(),
         LABEL_OWNER_START: process_start(os.getpid()),
@@ -343,6 +363,6 @@ def plan_container(spec: RunSpec, image: str, *, name: str, keep_alive: bool) ->
         name=name, image=image, command=command, working_dir=working_dir, environment=env,
         volumes=volumes, devices=devices, group_add=group_add, gpu_request=gpu_request,
         cpuset_cpus=str(cpus) if cpus not in (None, "") else None, labels=labels, keep_alive=keep_alive,
-        extra=extra,
+        extra=extra, secret_env=secret_env,
     )
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pytest_madengine.executors import secretenv
 from pytest_madengine.executors.docker.manifest import NodePull
 from pytest_madengine.executors.slurm.container import ContainerTask, NodeImage, cleanup_step
 
@@ -54,6 +55,14 @@ class JobFiles:
     def batch_output(self, job_id: str) -> Path:
         return self.job_dir / f"{job_id}.batch.out"
 
+    def secret_path(self, rank: int) -> Path:
+        """Node ``rank``'s secret environment (0600), sourced and deleted by its task at the start."""
+        return self.job_dir / f".secret-env.node{rank}"
+
+    def secret_word(self) -> str:
+        """``secret_path`` of the node a task script runs on, as a shell word."""
+        return shlex.quote(str(self.job_dir)) + '/.secret-env.node"$NODE_RANK"'
+
 
 @dataclass(frozen=True)
 class BatchPlan(JobFiles):
@@ -77,6 +86,8 @@ class BatchPlan(JobFiles):
     path_prefix: str = ""  # prepended to PATH on the node (the submitting Python's bin/)
     data_mounts: tuple[tuple[str, bool], ...] = ()  # (host folder, read-only): served data, same path inside
     node_pull: NodePull | None = None  # a manifest's image: every node pulls docker_image by its digest
+    # Secret variables (``masking``): not in the scripts but in a 0600 file per node (secret_path).
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 def job_name(run_id: str, model: str) -> str:
@@ -168,6 +179,10 @@ def task_script(plan: BatchPlan) -> str:
         "export MAD_DEPLOYMENT_TYPE=slurm MAD_SLURM_JOB_ID=$SLURM_JOB_ID",
     ]
     lines += [f"export {k}={q(v)}" for k, v in sorted(env.items())]
+    secret = {k: v for k, v in plan.secret_env.items() if k not in NODE_VARS}
+    if secret and not plan.docker_image:
+        lines += ["# The secret variables: this node's 0600 file, deleted once read.",
+                  *secretenv.source_lines(plan.secret_word())]
     if plan.path_prefix:
         lines.append(f'export PATH={q(plan.path_prefix)}:"$PATH"')
     workdir = q(str(plan.node_dir)) + '/node"$NODE_RANK"'
@@ -181,5 +196,10 @@ def task_script(plan: BatchPlan) -> str:
              "CUDA_VISIBLE_DEVICES")
     task = ContainerTask(NodeImage(plan.docker_image, plan.node_pull), plan.workspace, names, plan.data_mounts,
                          plan.gpus_per_node, plan.gpu_vendor)
+    if secret:
+        # Not -e: the container's config would show the values. The file moves into the run
+        # folder, where the container's first command sources and deletes it.
+        lines.append(f"mv -f {plan.secret_word()} {workdir}/{secretenv.ENV_FILE} || exit {secretenv.MISSING_EXIT}")
+        argv = " ".join(q(a) for a in secretenv.loader()) + " " + argv
     lines += task.lines(workdir, argv)
     return "\n".join(lines) + "\n"

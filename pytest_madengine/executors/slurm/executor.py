@@ -42,9 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_madengine import process
+from pytest_madengine import masking, process
 from pytest_madengine.context import Context
 from pytest_madengine.errors import ExecutorError, UsageError
+from pytest_madengine.executors import secretenv
 from pytest_madengine.executors.base import Cancel, Executor, Plan, RunOutcome, RunSpec, render_env, shown_value
 from pytest_madengine.executors.docker import manifest as manifest_mod
 from pytest_madengine.executors.slurm import args as args_mod
@@ -135,6 +136,10 @@ class SlurmPlan(Plan):
         out += [f"  note: {n}" for n in self.notes]
         if self.path == "framework":
             return [*out, "  environment added:", *render_env(self.env_added, "    ")]
+        job = self.batch or self.deploy
+        if job is not None and job.secret_env:
+            out += ["  secret environment (not in the scripts: a 0600 file per node in the job folder, "
+                    "sourced and deleted when the node's task starts):", *render_env(job.secret_env, "    ")]
         masked = "\n".join(_masked_assignment(line) for line in self.task_script.splitlines())
         batch = "\n".join(_masked_assignment(line) for line in self.batch_script.splitlines())
         out += ["  --- batch script ---", *("  " + ln for ln in batch.splitlines())]
@@ -156,6 +161,25 @@ def _node_folders(run_dir: Path, node_dir: Path, copies: int) -> None:
     shutil.rmtree(node_dir, ignore_errors=True)
     for rank in range(copies):
         shutil.copytree(run_dir, node_dir / f"node{rank}", symlinks=True)
+
+
+def _secret_files(plan: batch_mod.BatchPlan | jobscript.DeployJob) -> list[Path]:
+    """Each node's file, and where a task in an image moves it (its run folder) for the container."""
+    if not plan.secret_env:
+        return []
+    copies = plan.copies if isinstance(plan, jobscript.DeployJob) else plan.nodes
+    return [p for rank in range(copies)
+            for p in (plan.secret_path(rank), plan.node_dir / f"node{rank}" / secretenv.ENV_FILE)]
+
+
+def sbatch_environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """sbatch's own environment: ours without the secret variables. sbatch hands its whole
+    environment to the job (--export=ALL), and slurmctld keeps a copy while the job lives (and
+    accounting may store it): the job gets its secrets from the 0600 files instead."""
+    env = os.environ if env is None else env
+    known = masking.usable(masking.marked_secrets(env))
+    return {k: v for k, v in env.items() if not masking.is_secret(k, v, known)
+            and k not in ("NAS_NODES", "MAD_MINIO", "MAD_AWS_S3")}
 
 
 def _scrub_task_script(plan: batch_mod.BatchPlan | jobscript.DeployJob | None) -> None:
@@ -221,6 +245,7 @@ class SlurmExecutor(Executor):
         elif self.settings is not None and self.settings.partition:
             self.check_partition(self.settings.partition, "context")
         self._ahead: dict[str, Submission] = {}
+        self._secret_left: set[Path] = set()  # secret files written whose job is not over yet
         self._mine: list[poller_mod.Watch] = []  # every job this run submitted
         self._lock = threading.Lock()
 
@@ -296,9 +321,10 @@ class SlurmExecutor(Executor):
         if argv and argv[0] == "python3" and not image:
             argv[0] = sys.executable  # the same Python, on the shared file system
         argv = list(spec.command(argv))
+        env, secret = secretenv.split(spec.env, secretenv.known_secrets(spec.workspace))
         return batch_mod.BatchPlan(
             job_name=batch_mod.job_name(self.run_id, spec.model.name), job_dir=self.job_dir(spec.model.name),
-            node_dir=self.node_dir(spec.model.name), argv=tuple(argv), env=dict(spec.env), nodes=a.nodes,
+            node_dir=self.node_dir(spec.model.name), argv=tuple(argv), env=env, secret_env=secret, nodes=a.nodes,
             gpus_per_node=a.gpus_for(spec.model.n_gpus), partition=a.partition, time=a.time,
             account=a.account, qos=a.qos, nodelist=a.nodelist, exclude=a.exclude,
             extra_sbatch=a.extra_sbatch, docker_image=image, node_pull=pull, gpu_vendor=spec.gpu_vendor,
@@ -358,6 +384,8 @@ class SlurmExecutor(Executor):
                                   job_name=batch_mod.job_name(self.run_id, model.name),
                                   job_dir=self.deploy_dir(spec, settings), node_dir=self.node_dir(model.name),
                                   path_prefix=os.path.dirname(sys.executable) if on_host else "", image=image)
+            env, secret = secretenv.split(job.env, secretenv.known_secrets(spec.workspace))
+            job = dataclasses.replace(job, env=env, secret_env=secret)
             _, time_s = deploy_mod.resolve_time(settings, spec.timeout)
         except (UsageError, ValueError) as exc:
             raise ExecutorError(f"model '{model.name}': {exc}") from None
@@ -392,7 +420,7 @@ class SlurmExecutor(Executor):
                              queue_timeout=self.args.queue_timeout,
                              deadline_s=self.deadline(self.args.queue_timeout, spec.timeout, self.args.time_s))
         batch = self.batch_plan(spec)
-        bad = batch_mod.bad_env_names(batch.env)
+        bad = batch_mod.bad_env_names({**batch.env, **batch.secret_env})
         if bad:
             field_ = ("models.json field 'env_vars'" if bad[0] in spec.model.env_vars
                       else "context 'docker_env_vars'")
@@ -459,7 +487,7 @@ class SlurmExecutor(Executor):
         if not spec.run_dir.is_dir():
             sub.problem = f"run folder {spec.run_dir} does not exist"
             return
-        bad = batch_mod.bad_env_names(plan.env)
+        bad = batch_mod.bad_env_names({**plan.env, **plan.secret_env})
         if bad:
             field = ("models.json field 'env_vars'" if bad[0] in spec.model.env_vars
                      else "context 'docker_env_vars'")
@@ -472,7 +500,8 @@ class SlurmExecutor(Executor):
         _node_folders(spec.run_dir, plan.node_dir, plan.nodes)
         plan.batch_path.write_text(batch_text)
         plan.task_path.write_text(task_text)
-        plan.task_path.chmod(0o700)  # it holds the model's environment
+        plan.task_path.chmod(0o700)
+        self._write_secrets(plan)
         argv = list(splan.argv)
         job_id = self._sbatch(argv, sub)
         if job_id is None:
@@ -509,7 +538,8 @@ class SlurmExecutor(Executor):
         job.batch_path.chmod(0o700 if job.kind == "slurm_multi" else 0o644)  # slurm_multi's holds the environment
         if splan.task_script:
             job.task_path.write_text(splan.task_script)
-            job.task_path.chmod(0o700)  # it holds the model's environment
+            job.task_path.chmod(0o700)
+        self._write_secrets(job)
         argv = list(splan.argv)
         if exclude:  # the command line wins over the script's #SBATCH --exclude
             argv[2:2] = [f"--exclude={exclude}"]
@@ -520,11 +550,31 @@ class SlurmExecutor(Executor):
                          f"time {job.time}, launcher {job.launcher}); batch script {job.batch_path}")
         self._watch(sub, job_id, job.job_name, job.marker(job_id))
 
+    def _write_secrets(self, plan: batch_mod.BatchPlan | jobscript.DeployJob) -> None:
+        """One 0600 file per node; OSError/UsageError end the submission with the reason."""
+        files = _secret_files(plan)
+        with self._lock:
+            self._secret_left.update(files)
+        for path in files[::2]:  # each node's file in the job folder (the others are where it moves)
+            try:
+                secretenv.write(path, plan.secret_env)
+            except ValueError as exc:
+                raise UsageError(f"cannot write the secret environment: {exc}") from None
+
+    def _remove_secrets(self, plan: batch_mod.BatchPlan | jobscript.DeployJob | None) -> None:
+        """The job is over (or never ran): its nodes' secret files go, read or not."""
+        if plan is None:
+            return
+        for path in _secret_files(plan):
+            secretenv.remove(path)
+            with self._lock:
+                self._secret_left.discard(path)
+
     def _sbatch(self, argv: list[str], sub: Submission) -> str | None:
         """Submit with ``sbatch --parsable``: the job id, or None with ``sub.problem`` set."""
         sub.submitted = time.time()
         try:
-            out = self.poller.controller.run(argv)
+            out = self.poller.controller.run(argv, env=sbatch_environ())
         except poller_mod.ControllerError as exc:
             sub.problem = f"sbatch refused the job: {str(exc).removeprefix('sbatch: ')}"
             return None
@@ -607,6 +657,7 @@ class SlurmExecutor(Executor):
             props["launcher"] = plan.deploy.launcher
         queue_timeout = plan.queue_timeout or args_mod.DEFAULT_QUEUE_TIMEOUT_S
         if sub.problem:
+            self._remove_secrets(sub.plan)
             return RunOutcome(None, time.monotonic() - t0, problem=sub.problem, properties=props)
         timed_out = interrupted = False
         problem = ""
@@ -661,6 +712,7 @@ class SlurmExecutor(Executor):
             props.update(got.properties)
             for warning in got.warnings:
                 sink.note(f"warning: {warning}")
+        self._remove_secrets(sub.plan)
         _scrub_task_script(sub.plan)
         for w in sub.watches:
             self.poller.forget(w)
@@ -827,6 +879,10 @@ class SlurmExecutor(Executor):
                 time.sleep(2 ** attempt)
         for w in list(self._mine):
             self.poller.forget(w)
+        with self._lock:
+            left, self._secret_left = set(self._secret_left), set()
+        for path in left:  # jobs submitted ahead whose item never ran, a run cut short
+            secretenv.remove(path)
         try:
             log_dir = Path(self.options.log_dir)
             log_dir.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pytest_madengine.executors import secretenv
 from pytest_madengine.executors.slurm.batch import JobFiles, _sbatch_value
 from pytest_madengine.executors.slurm.container import ContainerTask, NodeImage, cleanup_step
 from pytest_madengine.executors.slurm.deploy import SlurmSettings
@@ -79,6 +80,8 @@ class DeployJob(JobFiles):
     gpu_vendor: str = "NONE"
     data_mounts: tuple[tuple[str, bool], ...] = ()  # (host folder, read-only): served data, same path inside
     results_dir: Path | None = None  # slurm_multi: where its perf*.csv is read
+    # Secret variables (``masking``): not in the scripts but in a 0600 file per node (secret_path).
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def nodes(self) -> int:
@@ -153,7 +156,7 @@ def batch_script(job: DeployJob) -> str:
         if job.image is not None:
             lines += cleanup_step()
         return "\n".join(lines) + "\n"
-    lines += _common_env(job)
+    lines += _common_env(job, shlex.quote(str(job.secret_path(0))))  # the script runs on the host
     pull = job.image.pull_lines() if job.image is not None else []
     if pull:
         msg = q(f"pytest-madengine: docker pull {job.image.image if job.image else ''} failed on a node")
@@ -171,7 +174,7 @@ def batch_script(job: DeployJob) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _common_env(job: DeployJob) -> list[str]:
+def _common_env(job: DeployJob, secret_word: str, *, in_image: bool = False) -> list[str]:
     q = shlex.quote
     lines = [f"export MAD_RUNTIME_NGPUS={job.gpus_per_node} MAD_DEPLOYMENT_TYPE=slurm "
              'MAD_SLURM_JOB_ID="$SLURM_JOB_ID" MAD_IN_SLURM_JOB=1']
@@ -181,6 +184,9 @@ def _common_env(job: DeployJob) -> list[str]:
     if job.settings.shared_data:
         lines.append(f"export MAD_DATAHOME={q(job.settings.shared_data)}")
     lines += [f"export {k}={shell_word(v)}" for k, v in sorted(job.env.items())]
+    if job.secret_env and not in_image:  # in an image the container reads the file (task_script)
+        lines += ["# The secret variables: this node's 0600 file, deleted once read.",
+                  *secretenv.source_lines(secret_word)]
     if job.path_prefix:
         lines.append(f'export PATH={q(job.path_prefix)}:"$PATH"')
     return lines
@@ -222,7 +228,7 @@ def task_script(job: DeployJob) -> str:
                 '  export NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME:-$MAD_IFACE}" GLOO_SOCKET_IFNAME="${GLOO_SOCKET_IFNAME:-$MAD_IFACE}"',
                 "fi",
             ]
-    lines += _common_env(job)
+    lines += _common_env(job, job.secret_word(), in_image=job.image is not None)
     workdir = q(str(job.node_dir)) + '/node"$NODE_RANK"'
     lines.append(f"cd {workdir} || {{ echo \"pytest-madengine: no run folder $PWD/node$NODE_RANK\" >&2; exit 2; }}")
     lines.append(f"# The launcher's form for each node ({job.launcher}); user variables above win over it.")
@@ -233,7 +239,8 @@ def task_script(job: DeployJob) -> str:
         lines.append("MAD_TASK_SETUP=")
     lines.append('case "$NODE_RANK" in')
     for rank, form in enumerate(job.ranks):
-        body = [f"export {k}={shell_word(v)}" for k, v in sorted(form.env.items()) if k not in job.env]
+        body = [f"export {k}={shell_word(v)}" for k, v in sorted(form.env.items())
+                if k not in job.env and k not in job.secret_env]
         for name, text in sorted(form.files.items()):
             body.append(f"printf '%s' {shell_word(text)} > {q(name)}")
         steps = [" ".join(shell_word(a) for a in step) + " || exit $?" for step in form.setup]
@@ -251,6 +258,11 @@ def task_script(job: DeployJob) -> str:
         return "\n".join(lines) + "\n"
     if setup:
         argv = "bash -c \"$MAD_TASK_SETUP\"'exec \"$@\"' mad-task " + argv
+    if job.secret_env:
+        # Not -e: the container's config would show the values. The file moves into the run
+        # folder, where the container's first command sources and deletes it.
+        lines.append(f"mv -f {job.secret_word()} {workdir}/{secretenv.ENV_FILE} || exit {secretenv.MISSING_EXIT}")
+        argv = " ".join(q(a) for a in secretenv.loader()) + " " + argv
     lines += container(job).lines(workdir, argv)
     return "\n".join(lines) + "\n"
 
@@ -270,6 +282,7 @@ def container(job: DeployJob) -> ContainerTask:
     names = {*job.env, *TASK_VARS, *(k for form in job.ranks for k in form.env)}
     if job.nodes > 1:
         names |= {f"MAD_HOST_{k}" for k in range(job.nodes)}
+    names -= set(job.secret_env)  # from the file, inside (secretenv.loader)
     mounts = list(job.data_mounts)
     if job.settings.shared_data:  # MAD_DATAHOME: the folder every node sees, at its path
         mounts.append((job.settings.shared_data, False))

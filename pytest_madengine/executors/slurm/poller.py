@@ -22,6 +22,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -59,13 +60,13 @@ class Controller:
         self._lock = threading.Lock()
         self.call_log = os.environ.get("MAD_SLURM_CALL_LOG", "")
 
-    def run(self, argv: list[str], *, timeout: float = COMMAND_TIMEOUT) -> str:
+    def run(self, argv: list[str], *, timeout: float = COMMAND_TIMEOUT, env: Mapping[str, str] | None = None) -> str:
         with self._lock:
             self.calls[argv[0]] += 1
         t0 = time.time()
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
-                                  stdin=subprocess.DEVNULL)
+                                  stdin=subprocess.DEVNULL, env=None if env is None else dict(env))
         except FileNotFoundError:
             raise ControllerError(f"{argv[0]} not found on PATH") from None
         except subprocess.TimeoutExpired:
