@@ -365,7 +365,12 @@ class MadSession:
         ``distributed``). Raises LauncherError naming the key. On SLURM the `slurm` key's
         ``nodes`` sizes the job, so it is the launcher's node count too (as in madengine)."""
         job_nodes = slurm_nodes(model.raw, self.context) if self.executor.name == "slurm" else None
-        return launch_for(model.raw, self.context, self.multi_node, ngpus, model.name, job_nodes=job_nodes)
+        launch = launch_for(model.raw, self.context, self.multi_node, ngpus, model.name, job_nodes=job_nodes)
+        if launch is not None and job_nodes is not None and job_nodes > 1:
+            # The job's task script runs each node's own setup (a Ray head on node 0, a worker
+            # elsewhere); node 0's here too would start a second head in its task.
+            launch = dataclasses.replace(launch, setup=())
+        return launch
 
     def spec_for(self, run: ItemRun, gpus: tuple[int, ...],
                  data: data_resolve.DataResult | None = None) -> RunSpec:

@@ -188,7 +188,7 @@ def run_case(task: str, rank: int, nodes: int, *, hosts: tuple[str, ...] = ("10.
              cwd: Path | None = None) -> dict[str, str]:
     """Run the task script's environment part for one node rank in bash, with SLURM's
     variables faked; the variables the model's script would see."""
-    head, _, _ = task.partition("\nexec ")
+    head = re.split(r"\n(?:exec|setsid) ", task, maxsplit=1)[0]
     head = head.replace('cd ', ': cd ', 1)  # no run folder here
     names = " ".join(f"n{i + 1}" for i in range(nodes))
     fake = (f"scontrol() {{ if [ \"$1\" = show ] && [ \"$2\" = hostnames ]; then printf '%s\\n' {names}; fi; }}\n"
@@ -259,6 +259,20 @@ def test_the_same_launcher_output_as_the_other_backends(tmp_path: Path, launcher
         assert {k: env.get(k) for k in want.env} == dict(want.env), (launcher, rank)
         for name, text in want.files.items():
             assert (folder / name).read_text() == text, (launcher, rank, name)
+
+
+def test_a_host_task_with_a_setup_ends_the_setups_daemons(tmp_path: Path) -> None:
+    """vllm's Ray daemons leave their parent: on the host, setup and script run in a session of
+    their own whose whole process group ends with the task (also on scancel's SIGTERM)."""
+    plan = plan_of(tmp_path, {"nodes": 2}, extra_ctx={"distributed": {"launcher": "vllm"}})
+    task = plan.task_script
+    assert "\nexec " not in task and "ray start --head" in task
+    tail = task[task.index("\nsetsid "):]
+    assert tail.startswith("\nsetsid bash -c \"$MAD_TASK_SETUP\"'exec \"$@\"' mad-task ")
+    assert "trap 'mad_end_group; exit 143' TERM INT" in tail and 'kill -KILL -- -"$MAD_GROUP"' in tail
+    assert tail.rstrip().endswith('wait "$MAD_GROUP"; MAD_RC=$?\nmad_end_group\nexit "$MAD_RC"')
+    plain = plan_of(tmp_path, {"nodes": 2}, extra_ctx={"distributed": {"launcher": "torchrun"}}).task_script
+    assert "setsid" not in plain and "\nexec " in plain  # no setup: the script is the task
 
 
 def test_mpirun_over_several_nodes_is_refused(tmp_path: Path) -> None:

@@ -234,8 +234,9 @@ def task_script(job: DeployJob) -> str:
     lines.append(f"# The launcher's form for each node ({job.launcher}); user variables above win over it.")
     in_image = job.image is not None
     setup = any(form.setup for form in job.ranks)
-    if in_image and setup:
-        lines.append("# The launcher's setup runs in the container, before the script.")
+    if setup:
+        lines.append("# The launcher's setup runs " + ("in the container" if in_image else "in the task's own process group")
+                     + ", before the script.")
         lines.append("MAD_TASK_SETUP=")
     lines.append('case "$NODE_RANK" in')
     for rank, form in enumerate(job.ranks):
@@ -244,20 +245,38 @@ def task_script(job: DeployJob) -> str:
         for name, text in sorted(form.files.items()):
             body.append(f"printf '%s' {shell_word(text)} > {q(name)}")
         steps = [" ".join(shell_word(a) for a in step) + " || exit $?" for step in form.setup]
-        if in_image and steps:
+        if steps:
             body.append("MAD_TASK_SETUP=" + q("".join(f"{step}; " for step in steps)))
-        else:
-            body += steps
         lines.append(f"  {rank})")
         lines += [f"    {b}" for b in body]
         lines.append("    ;;")
     lines += ['  *) echo "pytest-madengine: no launcher form for node rank $NODE_RANK" >&2; exit 2 ;;', "esac"]
     argv = " ".join(q(a) for a in job.argv)
+    if setup:
+        argv = "bash -c \"$MAD_TASK_SETUP\"'exec \"$@\"' mad-task " + argv
+    if job.image is None and setup:
+        # What the setup starts (Ray's daemons) leaves its parent and would outlive the task
+        # where SLURM tracks processes by parentage (proctrack/linuxproc): the setup and the
+        # script run in a session of their own, and the whole group ends with the task.
+        lines += [
+            "setsid " + argv + " &",
+            "MAD_GROUP=$!",
+            "# Ray's gcs_server outlives a SIGTERM for a long while: 5 s of grace, then SIGKILL.",
+            "mad_end_group() {",
+            "  kill -TERM -- -\"$MAD_GROUP\" 2>/dev/null || return 0",
+            "  for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 -- -\"$MAD_GROUP\" 2>/dev/null || return 0; sleep 0.5; done",
+            "  kill -KILL -- -\"$MAD_GROUP\" 2>/dev/null",
+            "  return 0",
+            "}",
+            "trap 'mad_end_group; exit 143' TERM INT",
+            'wait "$MAD_GROUP"; MAD_RC=$?',
+            "mad_end_group",
+            'exit "$MAD_RC"',
+        ]
+        return "\n".join(lines) + "\n"
     if job.image is None:
         lines.append("exec " + argv)
         return "\n".join(lines) + "\n"
-    if setup:
-        argv = "bash -c \"$MAD_TASK_SETUP\"'exec \"$@\"' mad-task " + argv
     if job.secret_env:
         # Not -e: the container's config would show the values. The file moves into the run
         # folder, where the container's first command sources and deletes it.
