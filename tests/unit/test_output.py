@@ -81,3 +81,13 @@ def test_a_long_line_pieces_are_max_line_and_the_cut_counts_characters(tmp_path:
     text = (tmp_path / "m.log").read_text()
     assert "cut at 1048576 bytes: 3000 more characters of it are not logged" in text
     assert sink.scanner.count == 1 and text.endswith("performance: 5 x\n")
+
+
+def test_file_lines_cuts_long_lines_and_skips_their_rest(tmp_path: Path) -> None:
+    from pytest_madengine.output import READ_CHUNK, file_lines
+
+    f = tmp_path / "out"
+    f.write_bytes(b"a\r\nbb\n" + b"x" * (3 * READ_CHUNK) + b"\nperformance: 7 x\n" + b"y" * 10 + b"\nlast")
+    assert list(file_lines(f, max_line=4)) == ["a", "bb", "xxxx", "perf", "yyyy", "last"]
+    assert [len(s) for s in file_lines(f)] == [1, 2, 64 * 1024, 16, 10, 4]
+    assert list(file_lines(tmp_path / "missing")) == []
