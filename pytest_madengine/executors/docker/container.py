@@ -16,6 +16,7 @@ through and the line after it twice).
 from __future__ import annotations
 
 import dataclasses
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -97,6 +98,11 @@ class ContainerWatch:
         self.reader.join(drain_s)
         self.stop.set()
         if self.sock is not None:
+            raw = getattr(self.sock, "_sock", self.sock)
+            try:
+                raw.shutdown(socket.SHUT_RDWR)  # wakes a reader blocked on a container that lives on
+            except Exception:  # noqa: BLE001
+                pass
             try:
                 self.sock.close()
             except Exception:  # noqa: BLE001
