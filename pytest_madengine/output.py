@@ -114,6 +114,13 @@ class OutputSink:
             feed.feed(chunk)
         feed.end()
 
+    def end_line(self) -> None:
+        """A stream ended inside a line: what comes next (another file) starts a line of its own."""
+        with self._lock:
+            self._open_line = 0
+            if not self._ended:
+                self._report_cut()
+
     def _dropping(self) -> bool:
         with self._lock:
             return self._open_line >= MAX_LOG_LINE and not self._ended
@@ -189,6 +196,7 @@ class LineFeed:
         if self._buf:
             self._emit(self._buf.decode("utf-8", errors="replace"))
             self._buf = bytearray()
+        self._sink.end_line()
 
 
 def file_lines(path: Path, max_line: int = MAX_LINE) -> Iterator[str]:
