@@ -758,15 +758,21 @@ def _ignore_gone(call: Callable[[], None]) -> None:
 
 
 SLURM_HUGE_MIB = 1024
+# slurm_args: the job's output is copied into the log; the `slurm` key (deploy) also reads each
+# node's output for its results (gather), which held the whole file in memory before.
+SLURM_WAYS = {"slurm_args": slurm_args(),
+              "slurm-key": "--mad-context=" + json.dumps({"slurm": {"partition": PARTITION, "time": "2",
+                                                                    "exclusive": False}})}
 
 
-def test_slurm_job_prints_a_gigabyte_on_one_line(project: Project, cluster: None) -> None:
+@pytest.mark.parametrize("way", SLURM_WAYS)
+def test_slurm_job_prints_a_gigabyte_on_one_line(project: Project, cluster: None, way: str) -> None:
     m = _huge_line_model(project, "slurmline", SLURM_HUGE_MIB)
-    proc = project.start(slurm_args())
+    proc = project.start(SLURM_WAYS[way])
     took, peak = _watch_peak(proc)
     rc, out = project.finish()
     assert rc == 0, out
     assert check(project, [m], leftovers=our_jobs(project.token))[m]["performance"] == "7"
     _assert_cut_log(project, m, SLURM_HUGE_MIB)
     assert 0 < peak < 200 * 1024, f"controller peak RSS {peak} KiB"
-    print(f"slurm, {SLURM_HUGE_MIB} MiB on one line: {took:.1f} s end to end; peak RSS {peak} KiB")
+    print(f"slurm ({way}), {SLURM_HUGE_MIB} MiB on one line: {took:.1f} s end to end; peak RSS {peak} KiB")
