@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -103,47 +103,23 @@ class OutputSink:
         """Copy a child's byte stream line by line until EOF.
 
         Read in large chunks and split here: ``readline`` on a pipe refills an 8 KiB buffer per
-        call, which held a line without a newline to ~0.4 GiB/s. Past the log's cap of a line
-        the rest of it is counted and dropped as raw bytes, never decoded, scanned or tailed, so
-        gigabytes on one line pass at the pipe's speed."""
+        call, which held a line without a newline to ~0.4 GiB/s."""
         read = getattr(stream, "read1", stream.read)
         _widen_pipe(stream)
-        buf = bytearray()  # a partial line between reads (a bytearray: appending is not quadratic)
+        feed = LineFeed(self)
         while True:
             chunk = read(READ_CHUNK)
             if not chunk:
                 break
-            if buf:
-                buf += chunk
-                data: bytes | bytearray = buf
-            else:
-                data = chunk  # the usual case, nothing pending: no copy
-            start = 0
-            while start < len(data):
-                if self._dropping():
-                    nl = data.find(b"\n", start)
-                    self._drop(data[start:] if nl == -1 else data[start:nl])
-                    if nl == -1:
-                        start = len(data)
-                        break
-                    self.write("\n")  # the line's end: the cut is reported, the next line logged
-                    start = nl + 1
-                    continue
-                nl = data.find(b"\n", start, start + MAX_LINE)
-                if nl != -1:
-                    end = nl + 1
-                elif len(data) - start >= MAX_LINE:
-                    end = start + MAX_LINE
-                else:
-                    break  # a partial piece: wait for its newline, MAX_LINE bytes, or EOF
-                self.write(data[start:end].decode("utf-8", errors="replace"))
-                start = end
-            if data is buf:
-                del buf[:start]
-            else:
-                buf += data[start:]
-        if buf:
-            self.write(buf.decode("utf-8", errors="replace"))
+            feed.feed(chunk)
+        feed.end()
+
+    def end_line(self) -> None:
+        """A stream ended inside a line: what comes next (another file) starts a line of its own."""
+        with self._lock:
+            self._open_line = 0
+            if not self._ended:
+                self._report_cut()
 
     def _dropping(self) -> bool:
         with self._lock:
@@ -168,6 +144,104 @@ class OutputSink:
                 self._ended = True
                 self._report_cut()
                 self._close_log()
+
+
+class LineFeed:
+    """Bytes in chunks of any size (a pipe, a Docker attach stream, a SLURM job's output file)
+    -> the sink's lines: the one rule for every executor. A line is written in pieces of at
+    most ``MAX_LINE`` bytes; past the log's cap of a line (``MAX_LOG_LINE``) the rest of it is
+    counted and dropped as raw bytes, never decoded, scanned or tailed, so gigabytes on one
+    line pass at the reader's speed in bounded memory. ``emit`` (default ``sink.write``) gets
+    each piece; a caller's wrapper may add a prefix or filter."""
+
+    def __init__(self, sink: OutputSink, emit: Callable[[str], None] | None = None) -> None:
+        self._sink = sink
+        self._emit = emit or sink.write
+        self._buf = bytearray()  # a partial line between chunks (a bytearray: appending is not quadratic)
+
+    def feed(self, chunk: bytes) -> None:
+        buf = self._buf
+        if buf:
+            buf += chunk
+            data: bytes | bytearray = buf
+        else:
+            data = chunk  # the usual case, nothing pending: no copy
+        start = 0
+        while start < len(data):
+            if self._sink._dropping():
+                nl = data.find(b"\n", start)
+                self._sink._drop(data[start:] if nl == -1 else data[start:nl])
+                if nl == -1:
+                    start = len(data)
+                    break
+                self._sink.write("\n")  # the line's end: the cut is reported, the next line logged
+                start = nl + 1
+                continue
+            nl = data.find(b"\n", start, start + MAX_LINE)
+            if nl != -1:
+                end = nl + 1
+            elif len(data) - start >= MAX_LINE:
+                end = start + MAX_LINE
+            else:
+                break  # a partial piece: wait for its newline, MAX_LINE bytes, or the end
+            self._emit(data[start:end].decode("utf-8", errors="replace"))
+            start = end
+        if data is buf:
+            del buf[:start]
+        else:
+            buf += data[start:]
+
+    def end(self) -> None:
+        """The stream ended: a last line without its newline is written."""
+        if self._buf:
+            self._emit(self._buf.decode("utf-8", errors="replace"))
+            self._buf = bytearray()
+        self._sink.end_line()
+
+
+def file_lines(path: Path, max_line: int = MAX_LINE) -> Iterator[str]:
+    """The lines of a file (without their newlines), read lazily in bounded memory: a line is
+    cut at ``max_line`` bytes and the rest of it skipped undecoded. An unreadable file has
+    no lines (and one that stops being readable, no more)."""
+    try:
+        fh = open(path, "rb")
+    except OSError:
+        return
+    with fh:
+        buf = bytearray()
+        skipping = False  # inside the rest of a cut line
+        while True:
+            try:
+                chunk = fh.read(READ_CHUNK)
+            except OSError:
+                return
+            if not chunk:
+                break
+            buf += chunk
+            start = 0
+            while start < len(buf):
+                nl = buf.find(b"\n", start)
+                if skipping:
+                    if nl == -1:
+                        start = len(buf)
+                        break
+                    skipping, start = False, nl + 1
+                    continue
+                if nl != -1 and nl - start <= max_line:
+                    yield _text(buf[start:nl])
+                    start = nl + 1
+                elif len(buf) - start >= max_line:
+                    yield _text(buf[start:start + max_line])
+                    skipping, start = True, start + max_line
+                else:
+                    break  # a partial line: wait for more
+            del buf[:start]
+        if buf and not skipping:
+            yield _text(buf)
+
+
+def _text(raw: bytes | bytearray) -> str:
+    return raw.decode("utf-8", errors="replace").removesuffix("\r")
 
 
 def _widen_pipe(stream: BinaryIO) -> None:

@@ -692,3 +692,87 @@ def test_registry_dies_mid_pull_and_mid_push(cell: DockerCell, tmp_path: Path, b
     assert doc["built_images"] == {} and doc["summary"]["failed_pushes"] == 1, doc
     print(f"registry killed after {pull_proxy.passed >> 20} MiB of the pull and {push_proxy.passed >> 20} MiB of the "
           f"push; both items failed within {took:.0f} s")
+
+
+# ------------------------------------------------------------------ one huge line: Docker, SLURM
+
+
+def _watch_peak(proc: subprocess.Popen[bytes], also: Callable[[], None] = lambda: None) -> tuple[float, int]:
+    """(seconds until pytest exits, its peak RSS in KiB), calling ``also`` every 0.1 s."""
+    t0, peak = time.monotonic(), 0
+    while proc.poll() is None:
+        peak = max(peak, peak_rss_kib(proc.pid))
+        also()
+        time.sleep(0.1)
+    return time.monotonic() - t0, peak
+
+
+def _huge_line_model(p: Project, short: str, mib: int, **fields: Any) -> str:
+    write = f"import os; b = b'x' * (1 << 20); [os.write(1, b) for _ in range({mib})]"
+    return p.model(short, f"""
+        #!/usr/bin/env bash
+        python3 -c "{write}"
+        echo
+        echo "performance: 7 samples_per_second"
+    """, **fields)
+
+
+def _assert_cut_log(p: Project, m: str, mib: int) -> None:
+    log = p.path / "mad_logs" / f"{m}.log"
+    assert log.stat().st_size < 4 << 20  # the line is cut in the log
+    assert f"{(mib - 1) << 20} more characters of it are not logged" in log.read_text()
+
+
+DOCKER_HUGE_MIB = 2 * 1024  # dockerd passes ~0.15 GiB/s here (its json-file log writes every byte)
+
+
+def test_docker_model_prints_gigabytes_on_one_line(cell: DockerCell) -> None:
+    p = cell.project
+    m = _huge_line_model(p, "dockerline", DOCKER_HUGE_MIB, dockerfile="docker/base")
+    proc = p.start("--mad-executor=docker", DOCKER_CTX)
+    log_peak = 0
+
+    def dockerd_log() -> None:  # dockerd's own copy of the output, on the Docker host's disk
+        nonlocal log_peak
+        for c in cell.client.api.containers(all=True, filters={"label": f"org.pytest-madengine.model={m}"}):
+            folder = Path(cell.client.api.inspect_container(c["Id"])["LogPath"]).parent
+            log_peak = max(log_peak, sum(f.stat().st_size for f in folder.glob("*-json.log*")))
+
+    took, peak = _watch_peak(proc, lambda: _ignore_gone(dockerd_log))
+    rc, out = p.finish()
+    assert rc == 0, out
+    assert check(p, [m], leftovers=cell.containers)[m]["performance"] == "7"
+    _assert_cut_log(p, m, DOCKER_HUGE_MIB)
+    assert 0 < peak < 200 * 1024, f"controller peak RSS {peak} KiB"
+    assert 0 < log_peak <= 40 << 20, f"dockerd's log reached {log_peak} bytes"  # json-file 2 x 16m
+    print(f"docker, {DOCKER_HUGE_MIB} MiB on one line: {took:.1f} s end to end "
+          f"({DOCKER_HUGE_MIB / 1024 / took:.2f} GiB/s, build included); peak RSS {peak} KiB; "
+          f"dockerd's log at most {log_peak >> 20} MiB")
+
+
+def _ignore_gone(call: Callable[[], None]) -> None:
+    try:
+        call()
+    except Exception:  # noqa: BLE001 - the container or its log went away between two looks
+        pass
+
+
+SLURM_HUGE_MIB = 1024
+# slurm_args: the job's output is copied into the log; the `slurm` key (deploy) also reads each
+# node's output for its results (gather), which held the whole file in memory before.
+SLURM_WAYS = {"slurm_args": slurm_args(),
+              "slurm-key": "--mad-context=" + json.dumps({"slurm": {"partition": PARTITION, "time": "2",
+                                                                    "exclusive": False}})}
+
+
+@pytest.mark.parametrize("way", SLURM_WAYS)
+def test_slurm_job_prints_a_gigabyte_on_one_line(project: Project, cluster: None, way: str) -> None:
+    m = _huge_line_model(project, "slurmline", SLURM_HUGE_MIB)
+    proc = project.start(SLURM_WAYS[way])
+    took, peak = _watch_peak(proc)
+    rc, out = project.finish()
+    assert rc == 0, out
+    assert check(project, [m], leftovers=our_jobs(project.token))[m]["performance"] == "7"
+    _assert_cut_log(project, m, SLURM_HUGE_MIB)
+    assert 0 < peak < 200 * 1024, f"controller peak RSS {peak} KiB"
+    print(f"slurm ({way}), {SLURM_HUGE_MIB} MiB on one line: {took:.1f} s end to end; peak RSS {peak} KiB")

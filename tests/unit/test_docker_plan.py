@@ -16,7 +16,6 @@ import pytest
 
 from pytest_madengine.context import Context
 from pytest_madengine.executors.base import RunSpec
-from pytest_madengine.executors.docker import container as dcontainer
 from pytest_madengine.executors.docker import daemon as ddaemon
 from pytest_madengine.executors.docker import executor as dx
 from pytest_madengine.executors.docker import images as dimages
@@ -68,13 +67,24 @@ def test_a_run_folder_outside_the_checkout_is_mounted_at_its_own_path(tmp_path: 
     assert plan.volumes[str(tmp_path / "work" / "m")] == {"bind": str(tmp_path / "work" / "m"), "mode": "rw"}
 
 
-def test_line_splitter_bounds_lines() -> None:
+def test_line_feed_bounds_lines(tmp_path: Path) -> None:
+    from pytest_madengine.output import MAX_LINE, LineFeed, OutputSink
+
     lines: list[str] = []
-    s = dcontainer.LineSplitter(lines.append, max_line=8)
-    for chunk in (b"ab", b"c\nde", b"f\n", b"0123456789ABCDEF01", b"\npartial"):
-        s.feed(chunk)
-    s.flush()
-    assert lines == ["abc\n", "def\n", "01234567", "89ABCDEF", "01\n", "partial"]
+    feed = LineFeed(OutputSink(tmp_path / "log"), lines.append)
+    for chunk in (b"ab", b"c\nde", b"f\n", b"x" * (MAX_LINE + 10), b"\npartial"):
+        feed.feed(chunk)
+    feed.end()
+    assert lines == ["abc\n", "def\n", "x" * MAX_LINE, "x" * 10 + "\n", "partial"]
+
+
+def test_the_container_log_on_the_docker_host_is_bounded(tmp_path: Path) -> None:
+    plan = dplan.plan_container(_spec(tmp_path / "ws"), "img", name="n", keep_alive=False)
+    kw = plan.run_kwargs()
+    assert kw["log_config"] == {"Type": "json-file", "Config": {"max-size": "16m", "max-file": "2"}}
+    build = dplan.BuildPlan("img", "", None, "", {}, "img", "docker.io", prebuilt=True)
+    shown = "\n".join(dplan.DockerPlan(_spec(tmp_path / "ws"), build, plan).lines())
+    assert "output: attached before start; dockerd's log json-file max-file=2 max-size=16m" in shown
 
 
 def test_short_reason_digs_out_the_cause() -> None:

@@ -81,3 +81,27 @@ def test_a_long_line_pieces_are_max_line_and_the_cut_counts_characters(tmp_path:
     text = (tmp_path / "m.log").read_text()
     assert "cut at 1048576 bytes: 3000 more characters of it are not logged" in text
     assert sink.scanner.count == 1 and text.endswith("performance: 5 x\n")
+
+
+def test_file_lines_cuts_long_lines_and_skips_their_rest(tmp_path: Path) -> None:
+    from pytest_madengine.output import READ_CHUNK, file_lines
+
+    f = tmp_path / "out"
+    f.write_bytes(b"a\r\nbb\n" + b"x" * (3 * READ_CHUNK) + b"\nperformance: 7 x\n" + b"y" * 10 + b"\nlast")
+    assert list(file_lines(f, max_line=4)) == ["a", "bb", "xxxx", "perf", "yyyy", "last"]
+    assert [len(s) for s in file_lines(f)] == [1, 2, 64 * 1024, 16, 10, 4]
+    assert list(file_lines(tmp_path / "missing")) == []
+
+
+def test_a_stream_ending_inside_a_cut_line_does_not_swallow_the_next_one(tmp_path: Path) -> None:
+    from pytest_madengine.output import LineFeed
+
+    sink = OutputSink(tmp_path / "m.log")
+    for data in (b"x" * (2 * MAX_LOG_LINE), b"performance: 7 x\n"):  # two job output files
+        feed = LineFeed(sink)
+        feed.feed(data)
+        feed.end()
+    sink.close()
+    text = (tmp_path / "m.log").read_text()
+    assert f"cut at {MAX_LOG_LINE} bytes: {MAX_LOG_LINE} more characters" in text
+    assert text.endswith("performance: 7 x\n") and sink.scanner.lines[0].value == 7.0

@@ -200,7 +200,7 @@ def test_docker_secret_file_is_written_0600_and_gone_when_the_container_never_st
             pass
 
     class Containers:
-        def run(self, **kw: Any) -> Any:
+        def create(self, **kw: Any) -> Any:
             seen["mode"] = stat.S_IMODE((spec.run_dir / secretenv.ENV_FILE).stat().st_mode)
             assert CANARY not in json.dumps({k: kw[k] for k in ("environment", "command", "labels")})
             raise APIError("no such image")

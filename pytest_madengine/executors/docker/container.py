@@ -1,18 +1,25 @@
 """Running a model's container, once its image is there.
 
-The container is started detached with madengine's conventions (workspace at ``/myworkspace``,
-the run folder reached through it as working dir, host network and IPC, root, SYS_PTRACE, no
-seccomp, GPU devices); its output is streamed line by line into the sink; it is waited for in
-short slices against the deadline and the Cancel flag, and removed on every path unless
-``--mad-keep-alive``.
+The container is created with madengine's conventions (workspace at ``/myworkspace``, the run
+folder reached through it as working dir, host network and IPC, root, SYS_PTRACE, no seccomp,
+GPU devices); we attach to its output before starting it and stream that line by line into
+the sink; it is waited for in short slices against the deadline and the Cancel flag, and
+removed on every path unless ``--mad-keep-alive``.
+
+Attached, not ``docker logs --follow``: the attach stream carries every byte from the first
+one (no late reader misses the start of a fast model) and never reads dockerd's log file, so
+that file can be kept small (the plan's bounded ``log_config``). ``logs --follow`` on a file
+that rotates loses and repeats output (Docker 20.10, json-file: of a 1 GiB line 0.86 GiB came
+through and the line after it twice).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pytest_madengine import process
@@ -29,48 +36,22 @@ from pytest_madengine.executors.docker.daemon import (
     short_reason,
 )
 from pytest_madengine.executors.docker.plan import EXIT_CODE_FILE, KEEP_ALIVE_MARK, ContainerPlan
-from pytest_madengine.output import MAX_LINE, OutputSink
+from pytest_madengine.output import LineFeed, OutputSink
 
 LOG_DRAIN_S = 10
 MAX_NAME_TRIES = 50
-
-
-class LineSplitter:
-    """Bytes in arbitrary chunks -> text lines, none longer than ``max_line`` bytes."""
-
-    def __init__(self, emit: Callable[[str], None], max_line: int = MAX_LINE) -> None:
-        self.emit = emit
-        self.max_line = max_line
-        self.buf = b""
-
-    def feed(self, chunk: bytes) -> None:
-        self.buf += chunk
-        while True:
-            nl = self.buf.find(b"\n")
-            if nl == -1 or nl >= self.max_line:
-                if len(self.buf) < self.max_line:
-                    return
-                cut = self.max_line
-            else:
-                cut = nl + 1
-            line, self.buf = self.buf[:cut], self.buf[cut:]
-            self.emit(line.decode("utf-8", errors="replace"))
-
-    def flush(self) -> None:
-        if self.buf:
-            line, self.buf = self.buf, b""
-            self.emit(line.decode("utf-8", errors="replace"))
 
 
 class ContainerWatch:
     """The two threads around a running container: one copies its output into the sink line by
     line, one blocks in ``wait`` (none with keep-alive, whose container never exits)."""
 
-    def __init__(self, client: Any, cid: str, sink: OutputSink, *, keep_alive: bool) -> None:
+    def __init__(self, client: Any, cid: str, sink: OutputSink, *, keep_alive: bool, output: Iterable[bytes],
+                 sock: Any = None) -> None:
         self.client, self.cid, self.sink, self.keep_alive = client, cid, sink, keep_alive
+        self.output, self.sock = output, sock
         self.stop = threading.Event()
         self.marker_seen = threading.Event()
-        self.streams: list[Any] = []
         self.reader = threading.Thread(target=self._read, daemon=True, name="mad-docker-logs")
         self.reader.start()
         self.waiter: threading.Thread | None = None
@@ -86,15 +67,13 @@ class ContainerWatch:
         self.sink.write(line)
 
     def _read(self) -> None:
-        splitter = LineSplitter(self._emit)
+        feed = LineFeed(self.sink, self._emit)
         try:
-            stream = self.client.api.logs(self.cid, stream=True, follow=True, stdout=True, stderr=True)
-            self.streams.append(stream)
-            for chunk in stream:
+            for chunk in self.output:
                 if self.stop.is_set():
                     break
-                splitter.feed(chunk)
-            splitter.flush()
+                feed.feed(chunk)
+            feed.end()
         except Exception:  # noqa: BLE001 - a lost daemon is reported by the waiter / main loop
             pass
 
@@ -119,9 +98,14 @@ class ContainerWatch:
     def finish(self, drain_s: float) -> None:
         self.reader.join(drain_s)
         self.stop.set()
-        for s in self.streams:
+        if self.sock is not None:
+            raw = getattr(self.sock, "_sock", self.sock)
             try:
-                s.close()
+                raw.shutdown(socket.SHUT_RDWR)  # wakes a reader blocked on a container that lives on
+            except Exception:  # noqa: BLE001
+                pass
+            try:
+                self.sock.close()
             except Exception:  # noqa: BLE001
                 pass
 
@@ -156,7 +140,7 @@ def _run_container(daemon: Daemon, client: Any, spec: RunSpec, plan: ContainerPl
     base_name = plan.name
     while True:
         try:
-            container = client.containers.run(**plan.run_kwargs())
+            container = client.containers.create(**plan.run_kwargs())
             break
         except APIError as exc:
             if _name_taken(exc) and plan.name.rpartition("_")[2] != str(MAX_NAME_TRIES):
@@ -176,9 +160,22 @@ def _run_container(daemon: Daemon, client: Any, spec: RunSpec, plan: ContainerPl
                 return RunOutcome(None, 0.0, problem=str(daemon_error(exc)))
             raise
     cid = container.id
+    try:
+        sock, output = attach(client, cid, tty=bool(plan.run_kwargs().get("tty")))
+        client.api.start(cid)
+    except APIError as exc:
+        remove(client, cid)
+        return RunOutcome(None, 0.0, problem=f"cannot start container {plan.name}: {api_message(exc)}")
+    except Exception as exc:  # noqa: BLE001
+        if is_connection_error(exc):
+            daemon.drop_client()
+            remove(client, cid)
+            return RunOutcome(None, 0.0, problem=str(daemon_error(exc)))
+        remove(client, cid)
+        raise
     # The duration counts from creating the container; the timeout from its start.
     until = process.Deadline(spec.timeout)
-    watch = ContainerWatch(client, cid, sink, keep_alive=plan.keep_alive)
+    watch = ContainerWatch(client, cid, sink, keep_alive=plan.keep_alive, output=output, sock=sock)
     timed_out = interrupted = False
     exit_code: int | None = None
     problem = ""
@@ -249,6 +246,19 @@ def _run_container(daemon: Daemon, client: Any, spec: RunSpec, plan: ContainerPl
         remove(client, cid)
     return RunOutcome(exit_code, duration, timed_out=timed_out, interrupted=interrupted, problem=problem,
                       properties=props)
+
+
+def attach(client: Any, cid: str, *, tty: bool) -> tuple[Any, Iterable[bytes]]:
+    """(socket, its chunks of output) of a container attached to before its start, as ``docker
+    run`` does. The socket never times out: a model may be silent for hours."""
+    from docker.utils.socket import frames_iter
+
+    sock = client.api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0})
+    for s in (sock, getattr(sock, "_sock", None)):  # a SocketIO wraps the socket that holds the timeout
+        if s is not None and hasattr(s, "settimeout"):
+            s.settimeout(None)
+    frames: Iterable[tuple[int, bytes]] = frames_iter(sock, tty)  # type: ignore[no-untyped-call]
+    return sock, (data for _, data in frames)
 
 
 def _state(client: Any, cid: str) -> dict[str, Any] | None:

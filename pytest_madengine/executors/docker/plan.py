@@ -37,6 +37,10 @@ WORKSPACE_MOUNT = "/myworkspace"
 EXIT_CODE_FILE = ".mad-exit-code"  # keep-alive: the script's exit code, written by the wrapper
 KEEP_ALIVE_MARK = "[pytest-madengine] script exited with status"
 BUILD_TIMEOUT_S = 3600.0  # default limit of an image build (base pull included): docker_build_timeout
+# dockerd's own copy of a container's output (for `docker logs`), kept small: we read the output
+# attached, and an unbounded json-file log would let a runaway model fill the Docker host's disk.
+LOG_DRIVER = "json-file"
+LOG_OPTIONS = {"max-size": "16m", "max-file": "2"}
 
 # The wrapper that keeps a container alive after its script: the script is "$@" (argv as
 # positional arguments, never a shell string); its status goes to a file in the run folder.
@@ -96,10 +100,12 @@ class ContainerPlan:
     # Secret variables (``masking``): never in the container's config, but in a 0600 file in
     # the run folder that the command's first part (``secretenv.loader``) sources and deletes.
     secret_env: dict[str, str] = field(default_factory=dict, repr=False)
+    log_driver: str = LOG_DRIVER
+    log_options: dict[str, str] = field(default_factory=lambda: dict(LOG_OPTIONS))
 
     def run_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``client.containers.run(detach=True, ...)``."""
-        from docker.types import DeviceRequest
+        """Keyword arguments for ``client.containers.create(...)``."""
+        from docker.types import DeviceRequest, LogConfig
 
         kw: dict[str, Any] = {
             "image": self.image, "command": self.command, "name": self.name, "detach": True,
@@ -107,6 +113,7 @@ class ContainerPlan:
             "network_mode": self.network_mode, "ipc_mode": self.ipc_mode, "user": self.user,
             "cap_add": self.cap_add, "security_opt": self.security_opt, "labels": self.labels,
             "stdin_open": False, "tty": False,
+            "log_config": LogConfig(type=self.log_driver, config=dict(self.log_options)),
         }
         if self.devices:
             kw["devices"] = self.devices
@@ -157,7 +164,9 @@ class DockerPlan(Plan):
                 + (f"; GPU request {c.gpu_request}" if c.gpu_request else "")
                 + (f"; groups {', '.join(c.group_add)}" if c.group_add else ""),
                 f"  network {c.network_mode}, ipc {c.ipc_mode}, user {c.user}, cap_add {', '.join(c.cap_add)}, "
-                f"security_opt {', '.join(c.security_opt)}" + (f", cpuset {c.cpuset_cpus}" if c.cpuset_cpus else "")]
+                f"security_opt {', '.join(c.security_opt)}" + (f", cpuset {c.cpuset_cpus}" if c.cpuset_cpus else ""),
+                f"  output: attached before start; dockerd's log {c.log_driver} "
+                + " ".join(f"{k}={v}" for k, v in sorted(c.log_options.items()))]
         if c.extra:
             out.append("  additional_docker_run_options: " + ", ".join(
                 f"{k}={'***' if k == 'environment' else v}" for k, v in sorted(c.extra.items())))

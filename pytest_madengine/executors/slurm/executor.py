@@ -37,7 +37,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ from pytest_madengine.executors.slurm import deployjob, gather, jobscript, prefl
 from pytest_madengine.executors.slurm import poller as poller_mod
 from pytest_madengine.executors.slurm.records import describe_final, expand_hostlist, job_ids_from_output
 from pytest_madengine.multinode.deployment import distributed_settings
-from pytest_madengine.output import MAX_LINE, OutputSink
+from pytest_madengine.output import MAX_LINE, READ_CHUNK, LineFeed, OutputSink, file_lines
 from pytest_madengine.workspace import tools as tools_mod
 from pytest_madengine.workspace.paths import safe_relpath
 
@@ -752,13 +752,7 @@ class SlurmExecutor(Executor):
         if sub.plan is None:
             return ""
         files = [sub.plan.node_output(job_id, k) for k in range(sub.plan.nodes)] + [sub.plan.batch_output(job_id)]
-        outputs = []
-        for path in files:
-            try:
-                outputs.append(path.read_text(encoding="utf-8", errors="replace").splitlines())
-            except OSError:
-                continue
-        return container_mod.pull_failure(outputs)
+        return container_mod.pull_failure([file_lines(path) for path in files])
 
     @staticmethod
     def _ids(watches: list[poller_mod.Watch]) -> str:
@@ -859,12 +853,14 @@ class SlurmExecutor(Executor):
             return
         for label, path, perf in files:
             sink.note(f"--- {path.name} ({label}) ---")
-            with open(path, "rb") as fh:
-                while True:
-                    chunk = fh.readline(MAX_LINE)
-                    if not chunk:
-                        break
-                    sink.write(f"[{label}] " + chunk.decode("utf-8", "replace"), perf=perf)
+            feed = LineFeed(sink, _labelled(sink, label, perf))
+            try:
+                with open(path, "rb") as fh:
+                    while chunk := fh.read(READ_CHUNK):
+                        feed.feed(chunk)
+            except OSError as exc:
+                sink.note(f"cannot read {path}: {exc.strerror or exc}")
+            feed.end()
 
     def close(self) -> None:
         """Session end: cancel whatever this run submitted that still runs; record the calls."""
@@ -892,3 +888,10 @@ class SlurmExecutor(Executor):
             (log_dir / f"slurm_poller.{worker}.json").write_text(json.dumps(stats, indent=1))
         except OSError:
             pass
+
+
+def _labelled(sink: OutputSink, label: str, perf: bool) -> Callable[[str], None]:
+    """Writes a piece of a job's output file into the model's log, marked with its node."""
+    def emit(piece: str) -> None:
+        sink.write(f"[{label}] {piece}", perf=perf)
+    return emit

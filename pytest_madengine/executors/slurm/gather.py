@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pytest_madengine.errors import MetricsError
 from pytest_madengine.multinode.ranks import RankValue, combine, rank_file_values, rank_files, rank_lines
+from pytest_madengine.output import file_lines
 from pytest_madengine.results.metrics import ResultRow, find_performance_lines, parse_multiple_results
 
 
@@ -31,21 +32,13 @@ class Gathered:
     warnings: list[str] = field(default_factory=list)
 
 
-def _lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return []
-
-
 def nodes(outputs: Sequence[Path], node_dirs: Sequence[Path], model: str, multiple_results: str) -> Gathered:
     """``outputs[k]``/``node_dirs[k]``: node k's output file and run folder."""
     out = Gathered()
     values: list[RankValue] = []
     contributed: set[int] = set()
     for k, (log, folder) in enumerate(zip(outputs, node_dirs)):
-        lines = _lines(log)
-        mine = rank_lines(lines, model, k)
+        mine = rank_lines(file_lines(log), model, k)  # read lazily: a node's output may be gigabytes
         files = rank_files(folder, multiple_results)
         if files and not (folder / multiple_results).exists():
             try:
@@ -57,7 +50,7 @@ def nodes(outputs: Sequence[Path], node_dirs: Sequence[Path], model: str, multip
             contributed.add(k)
         values += mine
         if k > 0 and not mine:
-            plain = [p for p in find_performance_lines(lines, limit=1)]
+            plain = [p for p in find_performance_lines(file_lines(log), limit=1)]
             if plain:
                 out.properties[f"node{k}_performance"] = f"{plain[0].raw_value} {plain[0].metric}"
     if len(outputs) > 1:
