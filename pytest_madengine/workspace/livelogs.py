@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 PHASES = ("build", "run", "")  # "" is madengine's combined build + run log
@@ -28,11 +29,17 @@ def link(workspace: Path, name: str, target: Path) -> Path | None:
     path = workspace / name
     if os.path.isdir(path) and not os.path.islink(path):
         return None
-    tmp = workspace / f".{name}.{os.getpid()}.tmp"
+    return _replace(workspace, name, lambda tmp: os.symlink(os.path.relpath(target, workspace), tmp))
+
+
+def _replace(workspace: Path, name: str, make: Callable[[Path], object]) -> Path | None:
+    """``make`` a temporary entry beside ``workspace/name``, then rename it over that name (a
+    reader sees the old entry or the new one, never half of one). None when it cannot be made."""
+    path, tmp = workspace / name, workspace / f".{name}.{os.getpid()}.tmp"
     try:
         if os.path.lexists(tmp):
             os.unlink(tmp)
-        os.symlink(os.path.relpath(target, workspace), tmp)
+        make(tmp)
         os.replace(tmp, path)
     except OSError:
         try:
@@ -67,14 +74,4 @@ def copy_result(workspace: Path, multiple_results: str, source: Path) -> Path | 
     path = workspace / name
     if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
         return None
-    tmp = workspace / f".{name}.{os.getpid()}.tmp"
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        return None
-    return path
+    return _replace(workspace, name, lambda tmp: shutil.copyfile(source, tmp))
