@@ -10,10 +10,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from .multinode_helpers import unavailable
 
@@ -131,3 +134,18 @@ def s3_server(tmp: Path) -> Iterator[S3]:
         yield s3
     finally:
         stop(proc)
+
+
+# Module-scoped fixtures for test modules that import them (one server per module).
+@pytest.fixture(scope="module")
+def nas() -> Iterator[Nas]:
+    folder = Path(tempfile.mkdtemp(prefix="mad-data-nas-"))  # the NAS user must reach it: not under pytest's own
+    try:
+        yield from nas_server(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    yield from s3_server(tmp_path_factory.mktemp("s3"))

@@ -9,32 +9,18 @@ import csv
 import json
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .conftest import DOCKER_BASE
-from .data_servers import S3, Nas, free_port, nas_server, s3_server
+from .data_servers import S3, Nas, free_port, nas, s3
+
+__all__ = ["nas", "s3"]  # fixtures of data_servers, used by this module's tests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKER_CTX = {"docker_build_arg": {"BASE_DOCKER": DOCKER_BASE}}
-
-
-@pytest.fixture(scope="module")
-def nas() -> Iterator[Nas]:
-    folder = Path(tempfile.mkdtemp(prefix="mad-data-nas-"))  # not under pytest's private temp folder
-    try:
-        yield from nas_server(folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
-    yield from s3_server(tmp_path_factory.mktemp("s3"))
 
 
 @pytest.fixture

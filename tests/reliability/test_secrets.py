@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,10 +34,12 @@ from typing import Any
 import pytest
 
 from pytest_madengine.executors import secretenv
-from tests.e2e.data_servers import S3, Nas, nas_server, s3_server
+from tests.e2e.data_servers import S3, Nas, nas, s3
 from tests.e2e.multinode_helpers import unavailable
 
 from .faultkit import Project, check
+
+__all__ = ["nas", "s3"]  # fixtures of data_servers, used by this module's tests
 
 BASE = os.environ.get("MAD_TEST_BASE_IMAGE", "mad-base:bookworm")
 AUTH_REGISTRY = os.environ.get("MAD_TEST_AUTH_REGISTRY", "127.0.0.1:5001")
@@ -196,20 +197,6 @@ def private_base(docker_client: Any, tmp_path: Path) -> Iterator[str]:
         docker_client.images.remove(ref, force=True)
     except Exception:  # noqa: BLE001
         pass
-
-
-@pytest.fixture(scope="module")
-def nas() -> Iterator[Nas]:
-    folder = Path(tempfile.mkdtemp(prefix="mad-secrets-nas-"))  # the NAS user must reach it
-    try:
-        yield from nas_server(folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
-    yield from s3_server(tmp_path_factory.mktemp("s3"))
 
 
 BUILD_FETCH = ("python3 -c \"import sys,urllib.request as u;"
