@@ -30,12 +30,13 @@ from pytest_madengine.executors import factory
 from pytest_madengine.executors.base import Cancel, ExecutorChoice, Plan, RunOutcome, RunSpec
 from pytest_madengine.executors.docker import registry
 from pytest_madengine.executors.docker.variants import Variant, VariantFinder
+from pytest_madengine.executors.slurm import deploy as slurm_deploy
 from pytest_madengine.gpus import devices as gpus_mod
 from pytest_madengine.gpus.scheduling import WaitNotes
 from pytest_madengine.models import SCRIPT_KINDS, Model, TagSpec, path_bounds
 from pytest_madengine.models import run_options as docker_run_options
 from pytest_madengine.multinode import settings as multinode_mod
-from pytest_madengine.multinode.deployment import launch_for, slurm_nodes
+from pytest_madengine.multinode.deployment import launch_for
 from pytest_madengine.multinode.launchers import torchrun
 from pytest_madengine.multinode.launchers.base import Launch
 from pytest_madengine.multinode.node import NodeRun, check_mirror, mirror_context_mounts, mirror_env, nothing_reported
@@ -364,7 +365,7 @@ class MadSession:
         """The ``distributed`` launcher's runner and environment for this node (None without
         ``distributed``). Raises LauncherError naming the key. On SLURM the `slurm` key's
         ``nodes`` sizes the job, so it is the launcher's node count too (as in madengine)."""
-        job_nodes = slurm_nodes(model.raw, self.context) if self.executor.name == "slurm" else None
+        job_nodes = slurm_deploy.job_nodes(model.raw, self.context) if self.executor.name == "slurm" else None
         launch = launch_for(model.raw, self.context, self.multi_node, ngpus, model.name, job_nodes=job_nodes)
         if launch is not None and job_nodes is not None and job_nodes > 1:
             # The job's task script runs each node's own setup (a Ray head on node 0, a worker

@@ -31,17 +31,6 @@ def distributed_settings(card: Mapping[str, Any], context: Mapping[str, Any]) ->
     return merge(dict(own), dict(given))
 
 
-def slurm_nodes(card: Mapping[str, Any], context: Mapping[str, Any]) -> int | None:
-    """``slurm.nodes`` (the card's under the context's) when it is a count: the size of a job
-    the `slurm` key deploys. Anything else is left to the deployment's own validation."""
-    own, given = card.get("slurm"), context.get("slurm")
-    merged = merge(dict(own) if isinstance(own, Mapping) else {}, dict(given) if isinstance(given, Mapping) else {})
-    nodes = merged.get("nodes")
-    if isinstance(nodes, str) and nodes.strip().isdigit():
-        nodes = int(nodes)
-    return nodes if isinstance(nodes, int) and not isinstance(nodes, bool) and nodes >= 1 else None
-
-
 def launch_for(card: Mapping[str, Any], context: Mapping[str, Any], mn: MultiNode, gpus: int,
                model_name: str, *, job_nodes: int | None = None) -> Launch | None:
     """The launcher's runner and environment for this node; None without ``distributed``

@@ -339,7 +339,7 @@ class TestValidation:
 # --- the job's size on SLURM -------------------------------------------------------------------
 
 def test_slurm_nodes_reads_the_card_under_the_context() -> None:
-    from pytest_madengine.multinode.deployment import slurm_nodes
+    from pytest_madengine.executors.slurm.deploy import job_nodes as slurm_nodes
     assert slurm_nodes({"slurm": {"nodes": 3}}, {}) == 3
     assert slurm_nodes({"slurm": {"nodes": 3}}, {"slurm": {"nodes": "4"}}) == 4
     assert slurm_nodes({}, {"slurm": {"partition": "p"}}) is None

@@ -178,6 +178,18 @@ def merged(card: Mapping[str, Any], context: Mapping[str, Any]) -> tuple[dict[st
     return merge(own, given), origin
 
 
+def job_nodes(card: Mapping[str, Any], context: Mapping[str, Any]) -> int | None:
+    """``slurm.nodes`` (the card's under the context's) when it is a count: the size of the job,
+    so the launcher's node count. Anything else is left to ``parse``, which names the field."""
+    try:
+        nodes = merged(card, context)[0].get("nodes")
+    except UsageError:
+        return None
+    if isinstance(nodes, str) and nodes.strip().isdigit():
+        nodes = int(nodes)
+    return nodes if isinstance(nodes, int) and not isinstance(nodes, bool) and nodes >= 1 else None
+
+
 def parse(raw: Mapping[str, Any], origin: Mapping[str, str] | None = None,
           top_env: Mapping[str, Any] | None = None) -> SlurmSettings:
     """Validate merged ``slurm`` settings (``top_env``: the context's top-level ``env_vars``,
